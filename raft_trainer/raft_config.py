@@ -1,0 +1,67 @@
+from dataclasses import dataclass, field
+from typing import Any
+
+from .stage_config import StageConfig, require
+
+
+@dataclass
+class RAFTConfig(StageConfig):
+    r"""
+    Configuration of [`RAFTTrainer`]: RAFT for causal language models.
+
+    Besides the stage settings below and in [`StageConfig`] (`num_stages`, `prompts_per_stage`, `num_generations`,
+    `ranking`, `reward_weights`, `generation_batch_size`), every `transformers.TrainingArguments` field applies to
+    the fine-tuning phase (optimizer, scheduler, batch size, precision, gradient checkpointing, logging, saving).
+
+    Parameters:
+        temperature (`float`, *optional*, defaults to `1.0`):
+            lambda in the paper: sampling temperature of the candidates.
+        top_k (`int`, *optional*, defaults to `0`):
+            Sample from the `top_k` most likely tokens only; `0` disables it.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling: sample from the smallest set of tokens whose probability reaches `top_p`.
+        max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
+            Prompts longer than this many tokens are dropped from the dataset (the count is logged); the paper
+            drops prompts over 256 tokens. `None` keeps every prompt.
+        max_completion_length (`int`, *optional*, defaults to `128`):
+            Maximum number of generated tokens per candidate.
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL coefficient: with `beta > 0` candidates are ranked by r - beta * (log p(y|x) - log p_ref(y|x))
+            (paper Eq. 5), p_ref being the frozen initial model. With `0` no reference model is loaded.
+        epochs_per_stage (`int`, *optional*, defaults to `2`):
+            SFT passes over each stage's kept set.
+        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is given as a string.
+    """
+
+    temperature: float = field(default=1.0, metadata={"help": "lambda: sampling temperature of the candidates."})
+    top_k: int = field(default=0, metadata={"help": "Sample from the top_k most likely tokens only; 0 disables it."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold; 1.0 disables it."})
+    max_prompt_length: int | None = field(
+        default=256, metadata={"help": "Prompts longer than this many tokens are dropped (paper: 256)."}
+    )
+    max_completion_length: int = field(default=128, metadata={"help": "Maximum generated tokens per candidate."})
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "KL coefficient: rank by r - beta*(log p - log p_ref); 0 loads no reference model."},
+    )
+    epochs_per_stage: int = field(default=2, metadata={"help": "SFT passes over each stage's kept set."})
+    model_init_kwargs: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "Initial learning rate (paper: 2e-5)."})
+
+    def __post_init__(self):
+        require(self.temperature > 0, f"temperature must be > 0 (got {self.temperature}).")
+        require(self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k}); 0 disables it.")
+        require(0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p}).")
+        require(
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
+            f"max_prompt_length must be >= 1 or None (got {self.max_prompt_length}).",
+        )
+        require(
+            self.max_completion_length >= 1, f"max_completion_length must be >= 1 (got {self.max_completion_length})."
+        )
+        require(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); 0 disables the KL penalty.")
+        require(self.epochs_per_stage >= 1, f"epochs_per_stage must be >= 1 (got {self.epochs_per_stage}).")
+        super().__post_init__()

@@ -1,0 +1,278 @@
+"""RAFTTrainer: the RAFT stage cycle (stage_trainer.py) for causal language models.
+
+What is specific to language models: sampling completions with `generate`, the KL-penalised ranking score, and
+the SFT loss, which is the model's own causal-LM loss with the prompt and padding masked out of the labels, i.e.
+the mean negative log-likelihood over completion tokens (`reference.sft_loss`).
+"""
+
+import copy
+import logging
+import math
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.models import unwrap_model_for_generation
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import pad, selective_log_softmax
+
+from . import ranking
+from .metrics import distinct_n
+from .raft_config import RAFTConfig
+from .rewards import as_reward_functions
+from .stage_trainer import Candidates, StageTrainer, validate_prompt_dataset
+
+logger = logging.getLogger(__name__)
+
+
+class RAFTTrainer(StageTrainer):
+    """RAFT (Reward rAnked FineTuning) for causal language models.
+
+    Args:
+        model (`str` or `PreTrainedModel`): the policy, or the id / path to load it from.
+        reward_fn: a reward function (TRL's convention, see `raft_trainer.rewards`), a reward-model id or
+            `PreTrainedModel` (sequence classification, `num_labels=1`), or a list of these weighted by
+            `args.reward_weights`.
+        args (`RAFTConfig`): the configuration.
+        train_dataset (`datasets.Dataset`): prompts in a `prompt` column, as text or as chat messages; the other
+            columns are passed to the reward functions.
+        processing_class: the policy's tokenizer (loaded from the model's path when omitted).
+        reward_processing_classes: tokenizers of reward models given as `PreTrainedModel`, one per reward function.
+        sample_filter: called before ranking with the reward-function keywords; returns per candidate `True`
+            (keep), `False` (drop: never selected) or replacement completion text (paper appendix A.2).
+        callbacks, optimizers: as in `transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_fn,
+        args: RAFTConfig | None = None,
+        train_dataset: Dataset | None = None,
+        processing_class=None,
+        reward_processing_classes=None,
+        sample_filter=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = RAFTConfig(output_dir=f"{name.split('/')[-1]}-RAFT")
+        validate_prompt_dataset(train_dataset)
+        model_init_kwargs = args.model_init_kwargs or {}
+        model_id = model if isinstance(model, str) else None
+        if model_id is not None:
+            model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.name_or_path)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        # The reference model is the frozen initial policy; it is only needed for the KL-penalised score.
+        self.ref_model = None
+        if args.beta > 0:
+            self.ref_model = (
+                AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
+                if model_id is not None
+                else copy.deepcopy(model)
+            )
+            self.ref_model.eval().requires_grad_(False)
+
+        train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
+        eos_token_id = model.generation_config.eos_token_id
+        if eos_token_id is None:
+            eos_token_id = processing_class.eos_token_id
+        self.eos_token_ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_completion_length,
+            do_sample=True,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            pad_token_id=processing_class.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+            bos_token_id=model.generation_config.bos_token_id,
+        )
+        super().__init__(
+            model,
+            as_reward_functions(reward_fn, reward_processing_classes),
+            args,
+            train_dataset,
+            sample_filter=sample_filter,
+            processing_class=processing_class,
+            data_collator=DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id),
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
+        """Sample `generations_per_prompt` completions per prompt; each prompt is encoded once per batch."""
+        per_prompt = self.args.generations_per_prompt
+        prompts_per_batch = max(1, self.args.generation_batch_size // per_prompt)
+        pad_token_id = self.processing_class.pad_token_id
+        prompt_ids, completion_ids = [], []
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
+            was_training = model.training
+            model.eval()
+            for start in tqdm(
+                range(0, len(prompt_indices), prompts_per_batch),
+                desc="Generating",
+                disable=self._quiet(),
+                leave=False,
+            ):
+                batch_prompts = [torch.tensor(self.prompt_ids[i]) for i in prompt_indices[start : start + prompts_per_batch]]
+                input_ids = pad(batch_prompts, padding_value=pad_token_id, padding_side="left").to(model.device)
+                attention_mask = pad([torch.ones_like(p) for p in batch_prompts], padding_side="left").to(model.device)
+                sequences = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=self.generation_config,
+                    num_return_sequences=per_prompt,
+                    use_cache=True,
+                )
+                completion_ids.extend(self.strip_after_eos(sequences[:, input_ids.shape[1] :]))
+                prompt_ids.extend(p.tolist() for p in batch_prompts for _ in range(per_prompt))
+            model.train(was_training)
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "completion": texts}
+
+    def strip_after_eos(self, completions: torch.Tensor) -> list[list[int]]:
+        """Each completion's tokens up to and including its first end-of-sequence token (the rest is padding)."""
+        is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids, device=completions.device))
+        lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completions.shape[1])
+        return [row[:length].tolist() for row, length in zip(completions, lengths.tolist())]
+
+    def reward_inputs(self, candidates: Candidates) -> dict:
+        completions = candidates["completion"]
+        if is_conversational({"prompt": candidates["prompt"][0]}):
+            completions = [[{"role": "assistant", "content": text}] for text in completions]
+        return {"completions": completions, "completion_ids": candidates["completion_ids"]}
+
+    def replace_candidate(self, candidates: Candidates, index: int, replacement: str) -> None:
+        """A sample filter's cleaned text replaces the completion; it keeps its end-of-sequence token, if any."""
+        ended = bool(candidates["completion_ids"][index]) and candidates["completion_ids"][index][-1] in self.eos_token_ids
+        ids = self.processing_class(replacement, add_special_tokens=False)["input_ids"]
+        candidates["completion_ids"][index] = ids + ([self.eos_token_ids[0]] if ended else [])
+        candidates["completion"][index] = replacement
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Ranking
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
+        if self.ref_model is None:
+            return rewards
+        examples = self.training_examples(candidates, range(len(rewards)))
+        log_probs = self.sequence_log_probs(self.accelerator.unwrap_model(self.model), examples)
+        ref_log_probs = self.sequence_log_probs(self.ref_model, examples)
+        scores = ranking.kl_penalized_scores(rewards, log_probs, ref_log_probs, self.args.beta)
+        candidates["log_prob"], candidates["ref_log_prob"] = log_probs.tolist(), ref_log_probs.tolist()
+        candidates["score"] = [None if math.isnan(score) else score for score in scores.tolist()]
+        return scores
+
+    @torch.no_grad()
+    def sequence_log_probs(self, model: PreTrainedModel, examples: list[dict]) -> torch.Tensor:
+        """log p(completion | prompt) of each example under `model`: the sum of its completion tokens' log-probs."""
+        was_training = model.training
+        model.eval()
+        sums = []
+        batch_size = self.args.generation_batch_size
+        for start in range(0, len(examples), batch_size):
+            token_log_probs, mask = completion_token_log_probs(
+                model, self.data_collator(examples[start : start + batch_size])
+            )
+            sums.append((token_log_probs * mask).sum(dim=1).double().cpu())
+        model.train(was_training)
+        return torch.cat(sums)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Fine-tuning and bookkeeping
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def training_examples(self, candidates: Candidates, kept_indices) -> list[dict]:
+        """Prompt + completion tokens, with the prompt masked out of the labels: the loss is on completions only."""
+        examples = []
+        for i in kept_indices:
+            prompt_ids, completion_ids = candidates["prompt_ids"][i], candidates["completion_ids"][i]
+            examples.append(
+                {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
+            )
+        return examples
+
+    def batches_per_stage(self) -> int:
+        return self.args.epochs_per_stage * math.ceil(
+            self.args.prompts_per_stage / self.args.per_device_train_batch_size
+        )
+
+    def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
+        columns = {name: candidates[name] for name in ("prompt_index", "prompt", "completion")}
+        columns["completion_length"] = [len(ids) for ids in candidates["completion_ids"]]
+        if self.ref_model is not None:
+            columns.update({name: candidates[name] for name in ("log_prob", "ref_log_prob", "score")})
+        return columns
+
+    def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
+        kept_texts = [text for text, is_kept in zip(candidates["completion"], kept.tolist()) if is_kept]
+        metrics = {
+            "completion_length_mean": sum(map(len, candidates["completion_ids"])) / len(candidates["completion_ids"]),
+            "kept_distinct_1": distinct_n(kept_texts, 1),
+            "kept_distinct_2": distinct_n(kept_texts, 2),
+        }
+        if self.ref_model is not None:
+            kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
+            metrics["kl_mean"] = kl.mean().item()
+        return metrics
+
+    def _quiet(self) -> bool:
+        return self.args.disable_tqdm or not self.is_local_process_zero()
+
+
+def completion_token_log_probs(model: PreTrainedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of a collated batch's labels under `model`, and the mask of completion tokens.
+
+    Position t predicts token t + 1, so logits and labels are shifted against each other, as in the model's loss.
+    """
+    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    return selective_log_softmax(logits, labels.clamp(min=0)), mask
+
+
+def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None) -> tuple[Dataset, list[list[int]]]:
+    """Token ids of every prompt, and the dataset without the prompts longer than `max_prompt_length` tokens.
+
+    Chat prompts are rendered with the tokenizer's chat template (with the generation prompt), whose text already
+    holds the special tokens; plain-text prompts get the tokenizer's usual special tokens.
+    """
+    prompts = list(dataset["prompt"])
+    if is_conversational({"prompt": prompts[0]}):
+        texts = [maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"] for prompt in prompts]
+        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompts)["input_ids"]
+    if max_prompt_length is None:
+        return dataset, prompt_ids
+    short = [i for i, ids in enumerate(prompt_ids) if len(ids) <= max_prompt_length]
+    if len(short) < len(prompt_ids):
+        logger.warning(
+            "Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
+            len(prompt_ids) - len(short),
+            len(prompt_ids),
+            max_prompt_length,
+        )
+    if not short:
+        raise ValueError(
+            f"every prompt of train_dataset is longer than max_prompt_length={max_prompt_length} tokens: raise "
+            "max_prompt_length or set it to None."
+        )
+    return dataset.select(short), [prompt_ids[i] for i in short]

@@ -1,0 +1,54 @@
+"""Reward functions.
+
+A reward function follows TRL's convention, so TRL's own (`trl.rewards`) work unchanged: it is called with the
+keywords `prompts=`, `completions=`, `completion_ids=` (language models) or `images=` (diffusion), `trainer_state=`
+and every other dataset column, one list entry per candidate, and returns one float per candidate (`None` or NaN:
+no reward for that candidate).
+"""
+
+from collections.abc import Callable
+
+from transformers import PreTrainedModel
+
+from .reward_model import RewardModel
+
+RewardFunction = Callable[..., list]
+
+
+def as_reward_functions(reward_fn, processing_classes=None, **model_init_kwargs) -> list[RewardFunction]:
+    """Turn what the user gave as `reward_fn` into a list of reward functions.
+
+    Each item may be a callable, a reward-model id or path (loaded as a sequence-classification model with its own
+    tokenizer) or a `PreTrainedModel` (its tokenizer from the matching entry of `processing_classes`, or loaded from
+    its `name_or_path`).
+    """
+    items = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]
+    if not items:
+        raise ValueError("reward_fn is empty: give a callable, a reward model, a model id, or a list of these.")
+    if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
+        processing_classes = [processing_classes] * len(items)
+    if len(processing_classes) != len(items):
+        raise ValueError(
+            f"reward_processing_classes has {len(processing_classes)} entries for {len(items)} reward functions: "
+            "give one per reward function (None where it needs none)."
+        )
+    functions = []
+    for item, tokenizer in zip(items, processing_classes):
+        if isinstance(item, str):
+            functions.append(RewardModel.from_pretrained(item, **model_init_kwargs))
+        elif isinstance(item, PreTrainedModel):
+            functions.append(RewardModel(item, tokenizer))
+        elif callable(item):
+            functions.append(item)
+        else:
+            raise ValueError(
+                f"reward_fn entries must be callables, reward-model ids or PreTrainedModels; got {type(item).__name__}."
+            )
+    return functions
+
+
+def reward_function_name(function: RewardFunction) -> str:
+    return getattr(function, "__name__", None) or type(function).__name__
+
+
+__all__ = ["RewardFunction", "RewardModel", "as_reward_functions", "reward_function_name"]

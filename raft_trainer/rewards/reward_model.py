@@ -1,0 +1,59 @@
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl.data_utils import apply_chat_template, is_conversational
+
+
+class RewardModel:
+    """A sequence-classification reward model (`num_labels=1`) used as a reward function.
+
+    Called like any reward function (`prompts=`, `completions=`, ...), it scores prompt + completion with its own
+    tokenizer, in batches, without gradients. Conversational candidates are rendered with that tokenizer's chat
+    template, as TRL does.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, batch_size: int = 64):
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"reward model {model.name_or_path!r} has num_labels={model.config.num_labels}; a reward model must "
+                "output one score per sequence (num_labels=1)."
+            )
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.__name__ = model.name_or_path.rstrip("/").split("/")[-1] or type(model).__name__
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **model_init_kwargs) -> "RewardModel":
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_init_kwargs)
+        return cls(model, AutoTokenizer.from_pretrained(name_or_path))
+
+    def to(self, device) -> "RewardModel":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list, **_) -> list[float]:
+        if is_conversational({"prompt": prompts[0]}):
+            texts = [
+                apply_chat_template({"messages": prompt + completion}, self.tokenizer)["text"]
+                for prompt, completion in zip(prompts, completions, strict=True)
+            ]
+        else:
+            texts = [prompt + completion for prompt, completion in zip(prompts, completions, strict=True)]
+        scores = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+                add_special_tokens=False,
+            ).to(self.model.device)
+            scores.extend(self.model(**inputs).logits[:, 0].float().tolist())
+        return scores

@@ -1,0 +1,91 @@
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+def require(condition: bool, message: str) -> None:
+    """Reject a bad configuration value before anything expensive happens."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class StageConfig(TrainingArguments):
+    r"""
+    The settings of the RAFT stage cycle, shared by [`RAFTConfig`] and the diffusion config.
+
+    One Trainer epoch is one RAFT stage, so `num_train_epochs` is set to `num_stages`, and the learning-rate schedule
+    spans the whole run. Logging defaults to once per stage.
+
+    Parameters:
+        num_stages (`int`, *optional*, defaults to `4`):
+            T in the paper: how many generate, rank and fine-tune stages to run.
+        prompts_per_stage (`int`, *optional*, defaults to `16`):
+            b in the paper: how many prompts each stage draws, and so how many samples it keeps.
+        num_generations (`int`, *optional*, defaults to `8`):
+            K in the paper: candidates generated per prompt (local ranking) or pool size over `prompts_per_stage`
+            (global ranking). The acceptance ratio is 1/K.
+        ranking (`str`, *optional*, defaults to `"local"`):
+            `"local"` keeps the best of K candidates for each prompt; `"global"` draws `prompts_per_stage * K`
+            prompts with one candidate each and keeps the top `prompts_per_stage` of that pool (paper appendix A.2).
+        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            One weight per reward function; a candidate's reward is the weighted sum. `None` weighs them all 1.
+        generation_batch_size (`int`, *optional*, defaults to `64`):
+            Sequences per forward call when generating and scoring, independent of the training batch size.
+    """
+
+    num_stages: int = field(default=4, metadata={"help": "T: number of generate, rank and fine-tune stages."})
+    prompts_per_stage: int = field(
+        default=16, metadata={"help": "b: prompts drawn per stage, and so samples kept per stage."}
+    )
+    num_generations: int = field(
+        default=8,
+        metadata={"help": "K: candidates per prompt (local ranking) or pool size over b (global). Acceptance 1/K."},
+    )
+    ranking: str = field(
+        default="local",
+        metadata={
+            "help": "'local': keep the best of K per prompt; 'global': keep the top b of a pool of b*K prompts.",
+            "choices": ["local", "global"],
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (the reward is the weighted sum)."}
+    )
+    generation_batch_size: int = field(
+        default=64, metadata={"help": "Sequences per forward call when generating and scoring."}
+    )
+    logging_strategy: str = field(
+        default="epoch", metadata={"help": "When to log; 'epoch' logs once per RAFT stage."}
+    )
+
+    def __post_init__(self):
+        require(self.num_stages >= 1, f"num_stages must be >= 1 (got {self.num_stages}).")
+        require(self.prompts_per_stage >= 1, f"prompts_per_stage must be >= 1 (got {self.prompts_per_stage}).")
+        require(
+            self.num_generations >= 1,
+            f"num_generations must be >= 1 (got {self.num_generations}): it is K, the candidates per prompt.",
+        )
+        require(
+            self.ranking in ("local", "global"),
+            f"ranking must be 'local' or 'global' (got {self.ranking!r}).",
+        )
+        require(
+            self.generation_batch_size >= 1, f"generation_batch_size must be >= 1 (got {self.generation_batch_size})."
+        )
+        require(
+            self.max_steps in (-1, None),
+            f"max_steps is not used by RAFT (got {self.max_steps}): set num_stages and the per-stage length instead.",
+        )
+        self.num_train_epochs = self.num_stages
+        super().__post_init__()
+
+    @property
+    def prompts_drawn_per_stage(self) -> int:
+        """Prompts generated for each stage: b with local ranking, b*K (one candidate each) with global ranking."""
+        return self.prompts_per_stage * (self.num_generations if self.ranking == "global" else 1)
+
+    @property
+    def generations_per_prompt(self) -> int:
+        """Candidates generated for each drawn prompt."""
+        return self.num_generations if self.ranking == "local" else 1

@@ -1,0 +1,306 @@
+"""The RAFT stage cycle, written once for language and diffusion models.
+
+    prompts -> generate K candidates -> score -> rank -> stage file -> fine-tune on the kept set -> next stage
+
+`StageTrainer` is a `transformers.Trainer` whose every epoch is one stage: at the start of epoch t its train
+dataloader runs `run_stage(t)` (the first four arrows) and then serves the kept set, so the Trainer does the
+fine-tuning with its own optimizer, learning-rate schedule (over the whole run), accumulation, precision, logging
+and checkpoints. A subclass says how to generate candidates and how to turn the kept ones into training examples.
+"""
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from . import ranking
+from .rewards import RewardFunction, reward_function_name
+from .stage_config import StageConfig
+
+Candidates = dict[str, list]  # per-candidate columns, prompt-major: prompt i's candidates are contiguous
+
+
+def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -> list[int]:
+    """The dataset rows stage `stage` draws: positions [stage * count, (stage + 1) * count) of an endless stream that
+    walks the dataset in a fresh random order on every pass. A pure function of the stage, so a resumed run draws
+    exactly the prompts the interrupted one would have."""
+    indices = []
+    for position in range(stage * count, (stage + 1) * count):
+        dataset_pass, offset = divmod(position, dataset_size)
+        order = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
+        indices.append(int(order[offset]))
+    return indices
+
+
+def stage_file_path(output_dir: str, stage: int) -> str:
+    return os.path.join(output_dir, "stages", f"stage_{stage:03d}.jsonl")
+
+
+def write_stage_file(path: str, columns: dict[str, list]) -> None:
+    """Write one JSON line per candidate (loadable with `datasets.load_dataset("json", data_files=path)`),
+    atomically: readers never see a half-written stage."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as file:
+        for row in zip(*columns.values()):
+            file.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
+    os.replace(partial, path)
+
+
+def validate_prompt_dataset(dataset) -> None:
+    """Reject a dataset RAFT cannot draw prompts from, before any model is loaded."""
+    if not isinstance(dataset, Dataset):
+        raise ValueError(
+            f"train_dataset must be a datasets.Dataset with a 'prompt' column (got {type(dataset).__name__}); "
+            "build one with datasets.Dataset.from_dict({'prompt': [...]})."
+        )
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"train_dataset has no 'prompt' column (columns found: {dataset.column_names}); "
+            "rename the prompt column with dataset.rename_column(old, 'prompt')."
+        )
+    if len(dataset) == 0:
+        raise ValueError("train_dataset is empty: RAFT needs prompts to generate from.")
+
+
+class StageDataLoader:
+    """The Trainer's train dataloader: iterating it once runs one RAFT stage, then serves that stage's kept set."""
+
+    def __init__(self, trainer: "StageTrainer"):
+        self.trainer = trainer
+        self.stage = 0
+
+    def __len__(self) -> int:
+        return self.trainer.batches_per_stage()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stage = epoch  # the Trainer calls this before each epoch: epoch t is stage t
+
+    def __iter__(self) -> Iterator[dict]:
+        examples = self.trainer.run_stage(self.stage)
+        return itertools.islice(self.trainer.stage_batches(examples, self.stage), len(self))
+
+
+class StageTrainer(Trainer):
+    """A `transformers.Trainer` whose every epoch is one RAFT stage (see the module docstring).
+
+    Subclasses implement `generate`, `reward_inputs`, `stage_file_columns`, `training_examples` and
+    `batches_per_stage`, and may override `ranking_scores`, `stage_metrics` and `replace_candidate`.
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs: list[RewardFunction],
+        args: StageConfig,
+        train_dataset: Dataset,
+        sample_filter: Callable | None = None,
+        **trainer_kwargs,
+    ):
+        if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions: "
+                "give one weight per reward function."
+            )
+        if sample_filter is not None and not callable(sample_filter):
+            raise ValueError(f"sample_filter must be a callable or None (got {type(sample_filter).__name__}).")
+        self.reward_funcs = reward_funcs
+        self.reward_names = [reward_function_name(function) for function in reward_funcs]
+        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
+        self.sample_filter = sample_filter
+        self._stage_metrics: dict[str, float] = {}
+        super().__init__(model=model, args=args, train_dataset=train_dataset, **trainer_kwargs)
+        for function in reward_funcs:
+            if hasattr(function, "to"):
+                function.to(self.accelerator.device)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The stage cycle
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def run_stage(self, stage: int) -> list[dict]:
+        """Generate, score and rank one stage's candidates, write its stage file, return the kept training examples."""
+        args = self.args
+        prompt_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
+        rows = self.train_dataset.select(prompt_indices)
+        prompts = list(rows["prompt"])
+        candidates = self.generate(prompt_indices, prompts)
+        candidates["prompt_index"] = self._per_candidate(prompt_indices)
+        candidates["prompt"] = self._per_candidate(prompts)
+
+        kept_by_filter = self.apply_sample_filter(candidates, rows)
+        rewards, rewards_per_func = self.score(candidates, rows)
+        rewards[~kept_by_filter] = torch.nan
+        scores = self.ranking_scores(candidates, rewards)
+        kept = ranking.select(scores, args.ranking, args.generations_per_prompt, args.prompts_per_stage)
+        if not kept.any():
+            raise RuntimeError(
+                f"stage {stage} kept no candidate: every candidate was filtered out or got no reward (None/NaN) "
+                f"from {self.reward_names}."
+            )
+
+        if self.is_world_process_zero():
+            columns = {"stage": [stage] * len(rewards), **self.stage_file_columns(candidates)}
+            columns["reward"] = _nan_to_none(rewards)
+            if len(self.reward_funcs) > 1:
+                for name, column in zip(self.reward_names, rewards_per_func.T):
+                    columns[f"reward_{name}"] = _nan_to_none(column)
+            if self.sample_filter is not None:
+                columns["filtered"] = (~kept_by_filter).tolist()
+            columns["selected"] = kept.tolist()
+            write_stage_file(stage_file_path(args.output_dir, stage), columns)
+
+        self._stage_metrics = {
+            "stage": stage,
+            **self.reward_metrics(rewards, rewards_per_func, kept),
+            **self.stage_metrics(candidates, kept),
+        }
+        return self.training_examples(candidates, kept.nonzero().view(-1).tolist())
+
+    def _per_candidate(self, values: list) -> list:
+        return [value for value in values for _ in range(self.args.generations_per_prompt)]
+
+    def reward_kwargs(self, candidates: Candidates, rows: Dataset) -> dict:
+        """The keywords every reward function (and the sample filter) is called with: TRL's convention."""
+        columns = {name: self._per_candidate(list(rows[name])) for name in rows.column_names if name != "prompt"}
+        return {"prompts": candidates["prompt"], **self.reward_inputs(candidates), **columns, "trainer_state": self.state}
+
+    def apply_sample_filter(self, candidates: Candidates, rows: Dataset) -> torch.Tensor:
+        """Run the user's sample filter: a bool mask of the candidates it keeps; text it returns replaces a completion."""
+        num_candidates = len(candidates["prompt"])
+        if self.sample_filter is None:
+            return torch.ones(num_candidates, dtype=torch.bool)
+        verdicts = list(self.sample_filter(**self.reward_kwargs(candidates, rows)))
+        if len(verdicts) != num_candidates:
+            raise ValueError(
+                f"sample_filter returned {len(verdicts)} values for {num_candidates} candidates: return one per "
+                "candidate (True to keep, False to drop, or replacement text)."
+            )
+        for index, verdict in enumerate(verdicts):
+            if isinstance(verdict, str):
+                self.replace_candidate(candidates, index, verdict)
+        return torch.tensor([verdict is not False and verdict is not None for verdict in verdicts])
+
+    def score(self, candidates: Candidates, rows: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's reward [N] (the weighted sum over reward functions) and the per-function rewards [N, F].
+
+        As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate
+        no function rewards gets NaN (no reward).
+        """
+        kwargs = self.reward_kwargs(candidates, rows)
+        num_candidates = len(candidates["prompt"])
+        rewards_per_func = torch.full((num_candidates, len(self.reward_funcs)), torch.nan, dtype=torch.float64)
+        for column, (function, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
+            values = list(function(**kwargs))
+            if len(values) != num_candidates or not all(_is_number_or_none(v) for v in values):
+                raise ValueError(
+                    f"reward function {name!r} returned {_describe(values)}; expected a list of {num_candidates} "
+                    "floats (one per candidate, None for no reward)."
+                )
+            rewards_per_func[:, column] = torch.tensor(
+                [torch.nan if v is None else float(v) for v in values], dtype=torch.float64
+            )
+        rewards = (rewards_per_func * self.reward_weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return rewards, rewards_per_func
+
+    def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
+        """The score candidates are ranked by: the reward, unless a subclass penalises it."""
+        return rewards
+
+    def reward_metrics(self, rewards: torch.Tensor, rewards_per_func: torch.Tensor, kept: torch.Tensor) -> dict:
+        valid = ~torch.isnan(rewards)
+        metrics = {
+            "reward_mean": rewards[valid].mean().item(),
+            "reward_std": rewards[valid].std().item() if valid.sum() > 1 else 0.0,
+            "reward_kept_mean": rewards[kept].mean().item(),
+            "num_kept": int(kept.sum()),
+            "num_without_reward": int((~valid).sum()),
+        }
+        if len(self.reward_funcs) > 1:
+            for name, column in zip(self.reward_names, rewards_per_func.T):
+                metrics[f"reward_mean/{name}"] = column.nanmean().item()
+        return metrics
+
+    def stage_batches(self, examples: list[dict], stage: int) -> Iterator[dict]:
+        """Shuffled passes over the kept set, endlessly; the dataloader takes `batches_per_stage()` of them."""
+        generator = torch.Generator().manual_seed(self.args.seed + stage)
+        while True:
+            yield from DataLoader(
+                examples,
+                batch_size=self.args.per_device_train_batch_size,
+                shuffle=True,
+                generator=generator,
+                collate_fn=self.data_collator,
+            )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Trainer integration
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self) -> StageDataLoader:
+        return StageDataLoader(self)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The stage's ranking metrics join the Trainer's next log record: with the default logging_strategy="epoch"
+        # that is one record per stage, holding its SFT loss too.
+        if self._stage_metrics and "loss" in logs:
+            logs = {**self._stage_metrics, **logs}
+            self._stage_metrics = {}
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # What a subclass provides
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
+        """Generate `generations_per_prompt` candidates per prompt, prompt-major, as per-candidate columns."""
+        raise NotImplementedError
+
+    def reward_inputs(self, candidates: Candidates) -> dict:
+        """The modality's reward keywords, e.g. `completions=` and `completion_ids=`, or `images=`."""
+        raise NotImplementedError
+
+    def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
+        """The columns of the stage file that describe each candidate (before `reward` and `selected`)."""
+        raise NotImplementedError
+
+    def training_examples(self, candidates: Candidates, kept_indices: list[int]) -> list[dict]:
+        """The fine-tuning examples made of the kept candidates, fed to the data collator."""
+        raise NotImplementedError
+
+    def batches_per_stage(self) -> int:
+        """Training batches per stage (per process); fixed before the stage runs, as the Trainer needs."""
+        raise NotImplementedError
+
+    def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
+        """Modality-specific metrics of a stage, logged with the reward metrics."""
+        return {}
+
+    def replace_candidate(self, candidates: Candidates, index: int, replacement) -> None:
+        """Apply a replacement a sample filter returned for one candidate."""
+        raise ValueError(f"sample_filter returned a replacement ({replacement!r}) that {type(self).__name__} cannot use.")
+
+
+def _nan_to_none(values: torch.Tensor) -> list:
+    return [None if math.isnan(value) else value for value in values.tolist()]
+
+
+def _is_number_or_none(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, np.number))
+
+
+def _describe(values: list) -> str:
+    shown = repr(values[:4])[:-1] + (", ...]" if len(values) > 4 else "]")
+    return f"{len(values)} values {shown}"

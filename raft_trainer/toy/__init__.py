@@ -1,0 +1,1 @@
+"""The offline miniature world: tiny models and data that need no download."""

@@ -1,0 +1,44 @@
+"""Tiny models built from configs, for offline tests and the miniature world: nothing is downloaded."""
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
+
+
+def word_tokenizer(words: list[str], padding_side: str = "left") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (split on whitespace and punctuation), with pad, eos and unk tokens."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(words) - set(SPECIAL_TOKENS)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side=padding_side
+    )
+    tokenizer.backend_tokenizer.decoder = None
+    return tokenizer
+
+
+def gpt2_config(tokenizer, **overrides) -> GPT2Config:
+    """A tiny GPT-2 configuration for `tokenizer`; `overrides` replace any field (e.g. `n_embd`, `resid_pdrop`)."""
+    fields = dict(n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    fields.update(overrides)
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **fields,
+    )
+
+
+def tiny_causal_lm(tokenizer, **config_overrides) -> GPT2LMHeadModel:
+    """A randomly initialised tiny GPT-2 for `tokenizer`."""
+    model = GPT2LMHeadModel(gpt2_config(tokenizer, **config_overrides))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def tiny_reward_model(tokenizer, **config_overrides) -> GPT2ForSequenceClassification:
+    """A randomly initialised tiny GPT-2 reward model (one score per sequence) for `tokenizer`."""
+    config = gpt2_config(tokenizer, num_labels=1, **config_overrides)
+    return GPT2ForSequenceClassification(config)
