@@ -1,0 +1,284 @@
+import copy
+import logging
+from collections import defaultdict
+
+import pytest
+import torch
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl.rewards import get_soft_overlong_punishment
+
+from raft_trainer import RAFTTrainer, reference
+from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices
+from raft_trainer.toy.tiny import tiny_reward_model
+
+from .conftest import NO_DROPOUT, share_of_apple
+
+
+def read_stage(args, stage: int) -> Dataset:
+    return load_dataset("json", data_files=stage_file_path(args.output_dir, stage), split="train")
+
+
+def by_prompt(rows: Dataset, num_generations: int) -> list[list[dict]]:
+    """The stage file's rows, grouped into the K candidates of each drawn prompt (they are written prompt-major)."""
+    rows = rows.to_list()
+    return [rows[i : i + num_generations] for i in range(0, len(rows), num_generations)]
+
+
+def completion_token_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    """log p of each completion token under `model`, one unpadded sequence at a time: the reference's input."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+    targets = ids[0, 1:]
+    token_log_probs = log_probs[torch.arange(len(targets)), targets]
+    return token_log_probs[len(prompt_ids) - 1 :].tolist()
+
+
+def record_candidates(trainer) -> list[dict]:
+    """Spy on the trainer's generation: keep a copy of each stage's candidates."""
+    recorded = []
+    generate = trainer.generate
+
+    def spy(*args, **kwargs):
+        candidates = generate(*args, **kwargs)
+        recorded.append(copy.deepcopy(candidates))
+        return candidates
+
+    trainer.generate = spy
+    return recorded
+
+
+def test_selection_and_sft_loss_equal_the_reference(make_model, tokenizer, prompts, make_args):
+    model = make_model(**NO_DROPOUT)
+    initial = copy.deepcopy(model).eval()
+    args = make_args(num_generations=4, prompts_per_stage=4, per_device_train_batch_size=4, logging_steps=1)
+    trainer = RAFTTrainer(model, share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    recorded = record_candidates(trainer)
+    trainer.train()
+
+    candidates, rows = recorded[0], read_stage(args, 0)
+    rewards = [[row["reward"] for row in group] for group in by_prompt(rows, 4)]
+    log_probs = [
+        [completion_token_log_probs(initial, candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in group]
+        for group in [range(p * 4, p * 4 + 4) for p in range(4)]
+    ]
+    selected = [[row["selected"] for row in group] for group in by_prompt(rows, 4)]
+    assert [group.index(True) for group in selected] == reference.best_of_k(rewards)
+    assert all(sum(group) == 1 for group in selected)
+    # One batch holds the whole kept set, so the first logged loss is the SFT loss of the kept set before any update.
+    logged_loss = next(record["loss"] for record in trainer.state.log_history if "loss" in record)
+    assert logged_loss == pytest.approx(reference.raft_alignment([log_probs], [rewards])[0], abs=2e-4)
+
+
+def test_reward_rises_over_stages(make_model, tokenizer, make_args):
+    prompts = Dataset.from_dict({"prompt": ["say something", "tell me a word", "say a word please", "tell me"] * 4})
+    args = make_args(
+        num_stages=4, prompts_per_stage=16, num_generations=8, max_completion_length=16, epochs_per_stage=4,
+        per_device_train_batch_size=8, learning_rate=1e-2,
+    )
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    stages = [record for record in trainer.state.log_history if "stage" in record]
+    assert [record["stage"] for record in stages] == [0, 1, 2, 3]
+    assert all(record["reward_kept_mean"] >= record["reward_mean"] for record in stages)
+    assert stages[-1]["reward_mean"] > max(3 * stages[0]["reward_mean"], stages[0]["reward_mean"] + 0.15)
+    for key in ("reward_std", "completion_length_mean", "kept_distinct_1", "kept_distinct_2", "loss"):
+        assert key in stages[0]
+
+
+def test_stage_files_show_the_best_candidate_of_each_prompt_kept(make_model, tokenizer, prompts, make_args):
+    args = make_args(num_stages=2, prompts_per_stage=3, num_generations=5)
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    for stage in range(2):
+        rows = read_stage(args, stage)
+        assert len(rows) == 3 * 5
+        assert {"stage", "prompt", "completion", "reward", "selected"} <= set(rows.column_names)
+        assert set(rows["stage"]) == {stage}
+        drawn = stage_prompt_indices(stage, 3, len(prompts), args.seed)
+        for group, prompt_index in zip(by_prompt(rows, 5), drawn):
+            assert {row["prompt"] for row in group} == {prompts[prompt_index]["prompt"]}
+            rewards = [row["reward"] for row in group]
+            assert [row["selected"] for row in group] == [i == rewards.index(max(rewards)) for i in range(5)]
+            assert all(row["reward"] == pytest.approx(share_of_apple([row["completion"]])[0]) for row in group)
+
+
+def test_global_ranking_keeps_the_top_of_the_pool(make_model, tokenizer, prompts, make_args):
+    args = make_args(ranking="global", prompts_per_stage=3, num_generations=4)
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    rows = read_stage(args, 0)
+    assert len(rows) == 3 * 4  # b * K prompts, one candidate each
+    assert sum(rows["selected"]) == 3
+    assert [i for i, kept in enumerate(rows["selected"]) if kept] == sorted(reference.top_of_pool(rows["reward"], 3))
+
+
+def test_kl_penalised_ranking_against_the_frozen_initial_model(make_model, tokenizer, prompts, make_args):
+    model = make_model(**NO_DROPOUT)
+    initial = copy.deepcopy(model).eval()
+    args = make_args(num_stages=2, beta=0.5, epochs_per_stage=3, learning_rate=1e-2)
+    trainer = RAFTTrainer(model, share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    recorded = record_candidates(trainer)
+    trainer.train()
+
+    rows = read_stage(args, 1)
+    candidates = recorded[1]
+    ref_log_probs = [
+        sum(completion_token_log_probs(initial, prompt_ids, completion_ids))
+        for prompt_ids, completion_ids in zip(candidates["prompt_ids"], candidates["completion_ids"])
+    ]
+    assert rows["ref_log_prob"] == pytest.approx(ref_log_probs, abs=1e-4)
+    assert any(abs(lp - ref) > 1e-2 for lp, ref in zip(rows["log_prob"], rows["ref_log_prob"]))  # the policy moved
+    expected = reference.kl_penalized_score(rows["reward"], rows["log_prob"], rows["ref_log_prob"], 0.5)
+    assert rows["score"] == pytest.approx(expected.tolist())
+    scores = [[row["score"] for row in group] for group in by_prompt(rows, 4)]
+    selected = [[row["selected"] for row in group].index(True) for group in by_prompt(rows, 4)]
+    assert selected == reference.best_of_k(scores)
+    assert "kl_mean" in next(record for record in trainer.state.log_history if record.get("stage") == 1)
+
+
+def test_reward_model_given_as_a_pretrained_model(make_model, tokenizer, prompts, make_args):
+    torch.manual_seed(1)
+    reward_model = tiny_reward_model(tokenizer, **NO_DROPOUT).eval()
+    args = make_args()
+    trainer = RAFTTrainer(
+        make_model(), reward_model, args=args, train_dataset=prompts, processing_class=tokenizer,
+        reward_processing_classes=tokenizer,
+    )
+    trainer.train()
+    rows = read_stage(args, 0)
+    for row in rows:  # each candidate scored alone (no padding) by the reward model on prompt + completion
+        inputs = tokenizer(row["prompt"] + row["completion"], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            assert row["reward"] == pytest.approx(reward_model(**inputs).logits[0, 0].item(), abs=1e-5)
+
+
+def test_weighted_list_of_rewards(make_model, tokenizer, prompts, make_args):
+    def length_reward(completion_ids, **kwargs):
+        return [float(len(ids)) for ids in completion_ids]
+
+    args = make_args(reward_weights=[2.0, -0.25])
+    trainer = RAFTTrainer(
+        make_model(), [share_of_apple, length_reward], args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    trainer.train()
+    for row in read_stage(args, 0):
+        assert row["reward_share_of_apple"] == pytest.approx(share_of_apple([row["completion"]])[0])
+        assert row["reward_length_reward"] == row["completion_length"]
+        assert row["reward"] == pytest.approx(2.0 * row["reward_share_of_apple"] - 0.25 * row["completion_length"])
+
+
+def test_reward_functions_get_trl_keywords_and_trl_rewards_work(make_model, tokenizer, prompts, make_args):
+    seen = {}
+
+    def spy(prompts, completions, completion_ids, topic, trainer_state, **kwargs):
+        seen.update(prompts=prompts, completions=completions, completion_ids=completion_ids, topic=topic)
+        return [0.0] * len(prompts)
+
+    args = make_args(prompts_per_stage=2, num_generations=3, max_completion_length=6)
+    overlong = get_soft_overlong_punishment(max_completion_len=6, soft_punish_cache=4)
+    trainer = RAFTTrainer(
+        make_model(), [spy, overlong], args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    trainer.train()
+    rows = read_stage(args, 0)
+    assert seen["prompts"] == rows["prompt"] and seen["completions"] == rows["completion"]
+    assert seen["topic"] == [prompts[i]["topic"] for i in rows["prompt_index"]]
+    assert [len(ids) for ids in seen["completion_ids"]] == rows["completion_length"]
+    assert rows["reward"] == pytest.approx(overlong(completion_ids=seen["completion_ids"]))
+
+
+def test_chat_prompts_are_rendered_with_the_chat_template(make_model, tokenizer, make_args):
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}Assistant : {% endif %}"
+    )
+    chats = Dataset.from_dict({"prompt": [[{"role": "user", "content": "say something"}]] * 2})
+    seen = []
+
+    def reward(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return share_of_apple([message[0]["content"] for message in completions])
+
+    args = make_args(prompts_per_stage=2, num_generations=2)
+    trainer = RAFTTrainer(make_model(), reward, args=args, train_dataset=chats, processing_class=tokenizer)
+    assert tokenizer.decode(trainer.prompt_ids[0]) == "user : say something Assistant :"
+    trainer.train()
+    assert all(message[0]["role"] == "assistant" for message in seen)
+    rows = read_stage(args, 0)
+    assert rows[0]["prompt"] == [{"role": "user", "content": "say something"}]
+    assert [message[0]["content"] for message in seen] == rows["completion"]
+
+
+def test_long_prompts_are_dropped_with_a_count(make_model, tokenizer, make_args, caplog):
+    prompts = Dataset.from_dict({"prompt": ["say something", "say " * 20 + "something", "tell me a word"]})
+    args = make_args(max_prompt_length=5, prompts_per_stage=2, num_generations=2)
+    with caplog.at_level(logging.WARNING):
+        trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    assert "Dropped 1 of 3 prompts" in caplog.text
+    assert list(trainer.train_dataset["prompt"]) == ["say something", "tell me a word"]
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        RAFTTrainer(make_model(), share_of_apple, args=make_args(max_prompt_length=1), train_dataset=prompts,
+                    processing_class=tokenizer)
+
+
+def test_sample_filter_drops_and_cleans_candidates(make_model, tokenizer, prompts, make_args):
+    def no_banana_and_cleaned_kite(completions, **kwargs):
+        return [False if "banana" in text.split() else text.replace("kite", "apple") for text in completions]
+
+    args = make_args(num_stages=2, num_generations=6, max_completion_length=12)
+    trainer = RAFTTrainer(
+        make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer,
+        sample_filter=no_banana_and_cleaned_kite,
+    )
+    trainer.train()
+    rows = read_stage(args, 0)
+    assert any(rows["filtered"])
+    for row in rows:
+        assert row["filtered"] == ("banana" in row["completion"].split())
+        if row["filtered"]:
+            assert row["reward"] is None and not row["selected"]
+        else:
+            assert "kite" not in row["completion"].split()
+
+
+def test_model_and_reference_loaded_from_a_local_path_and_saved_model_reloads(make_model, tokenizer, prompts, make_args,
+                                                                                tmp_path):
+    make_model().save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    args = make_args(beta=0.1)
+    trainer = RAFTTrainer(str(tmp_path / "policy"), share_of_apple, args=args, train_dataset=prompts)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "trained"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "trained")
+    assert AutoTokenizer.from_pretrained(tmp_path / "trained").get_vocab() == tokenizer.get_vocab()
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    initial = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    assert not torch.equal(initial.lm_head.weight, reloaded.lm_head.weight)
+
+
+def test_learning_rate_schedule_spans_the_whole_run(make_model, tokenizer, prompts, make_args):
+    args = make_args(num_stages=3, prompts_per_stage=4, per_device_train_batch_size=2, epochs_per_stage=2,
+                     lr_scheduler_type="linear", logging_strategy="steps", logging_steps=1)
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 3 * 2 * 2
+    rates = [record["learning_rate"] for record in trainer.state.log_history if "learning_rate" in record]
+    assert rates == sorted(rates, reverse=True) and len(set(rates)) == len(rates)
+    stage_records = defaultdict(list)
+    for record in trainer.state.log_history:
+        if "stage" in record:
+            stage_records[record["stage"]].append(record)
+    assert sorted(stage_records) == [0, 1, 2] and all(len(records) == 1 for records in stage_records.values())
+
+
+def test_a_reward_function_returning_the_wrong_count_is_named(make_model, tokenizer, prompts, make_args):
+    def broken_reward(completions, **kwargs):
+        return [1.0]
+
+    trainer = RAFTTrainer(make_model(), broken_reward, args=make_args(), train_dataset=prompts,
+                          processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"'broken_reward' returned 1 values \[1.0\]; expected a list of 16"):
+        trainer.train()
