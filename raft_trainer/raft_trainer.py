@@ -129,7 +129,9 @@ class RAFTTrainer(StageTrainer):
                 disable=self._quiet(),
                 leave=False,
             ):
-                batch_prompts = [torch.tensor(self.prompt_ids[i]) for i in prompt_indices[start : start + prompts_per_batch]]
+                batch_prompts = [
+                    torch.tensor(self.prompt_ids[i]) for i in prompt_indices[start : start + prompts_per_batch]
+                ]
                 input_ids = pad(batch_prompts, padding_value=pad_token_id, padding_side="left").to(model.device)
                 attention_mask = pad([torch.ones_like(p) for p in batch_prompts], padding_side="left").to(model.device)
                 sequences = model.generate(
@@ -159,7 +161,9 @@ class RAFTTrainer(StageTrainer):
 
     def replace_candidate(self, candidates: Candidates, index: int, replacement: str) -> None:
         """A sample filter's cleaned text replaces the completion; it keeps its end-of-sequence token, if any."""
-        ended = bool(candidates["completion_ids"][index]) and candidates["completion_ids"][index][-1] in self.eos_token_ids
+        ended = (
+            bool(candidates["completion_ids"][index]) and candidates["completion_ids"][index][-1] in self.eos_token_ids
+        )
         ids = self.processing_class(replacement, add_special_tokens=False)["input_ids"]
         candidates["completion_ids"][index] = ids + ([self.eos_token_ids[0]] if ended else [])
         candidates["completion"][index] = replacement

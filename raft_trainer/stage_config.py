@@ -55,9 +55,7 @@ class StageConfig(TrainingArguments):
     generation_batch_size: int = field(
         default=64, metadata={"help": "Sequences per forward call when generating and scoring."}
     )
-    logging_strategy: str = field(
-        default="epoch", metadata={"help": "When to log; 'epoch' logs once per RAFT stage."}
-    )
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log; 'epoch' logs once per RAFT stage."})
 
     def __post_init__(self):
         require(self.num_stages >= 1, f"num_stages must be >= 1 (got {self.num_stages}).")

@@ -157,6 +157,8 @@ class StageTrainer(Trainer):
             columns["selected"] = kept.tolist()
             write_stage_file(stage_file_path(args.output_dir, stage), columns)
 
+        if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone
+            self.log({})
         self._stage_metrics = {
             "stage": stage,
             **self.reward_metrics(rewards, rewards_per_func, kept),
@@ -170,10 +172,15 @@ class StageTrainer(Trainer):
     def reward_kwargs(self, candidates: Candidates, rows: Dataset) -> dict:
         """The keywords every reward function (and the sample filter) is called with: TRL's convention."""
         columns = {name: self._per_candidate(list(rows[name])) for name in rows.column_names if name != "prompt"}
-        return {"prompts": candidates["prompt"], **self.reward_inputs(candidates), **columns, "trainer_state": self.state}
+        return {
+            "prompts": candidates["prompt"],
+            **self.reward_inputs(candidates),
+            **columns,
+            "trainer_state": self.state,
+        }
 
     def apply_sample_filter(self, candidates: Candidates, rows: Dataset) -> torch.Tensor:
-        """Run the user's sample filter: a bool mask of the candidates it keeps; text it returns replaces a completion."""
+        """Run the user's sample filter: the mask of candidates it keeps. Text it returns replaces a completion."""
         num_candidates = len(candidates["prompt"])
         if self.sample_filter is None:
             return torch.ones(num_candidates, dtype=torch.bool)
@@ -249,11 +256,10 @@ class StageTrainer(Trainer):
         return StageDataLoader(self)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # The stage's ranking metrics join the Trainer's next log record: with the default logging_strategy="epoch"
-        # that is one record per stage, holding its SFT loss too.
-        if self._stage_metrics and "loss" in logs:
-            logs = {**self._stage_metrics, **logs}
-            self._stage_metrics = {}
+        # A stage's ranking metrics join the Trainer's next log record: with the default logging_strategy="epoch"
+        # that is the stage's own record, which also holds its SFT loss.
+        logs = {**self._stage_metrics, **logs}
+        self._stage_metrics = {}
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -286,7 +292,9 @@ class StageTrainer(Trainer):
 
     def replace_candidate(self, candidates: Candidates, index: int, replacement) -> None:
         """Apply a replacement a sample filter returned for one candidate."""
-        raise ValueError(f"sample_filter returned a replacement ({replacement!r}) that {type(self).__name__} cannot use.")
+        raise ValueError(
+            f"sample_filter returned a replacement ({replacement!r}) that {type(self).__name__} cannot use."
+        )
 
 
 def _nan_to_none(values: torch.Tensor) -> list:

@@ -27,7 +27,10 @@ def make_model(tokenizer):
 @pytest.fixture
 def prompts():
     return Dataset.from_dict(
-        {"prompt": ["say something", "tell me a word", "say a word please", "tell me something"], "topic": list("abcd")}
+        {
+            "prompt": ["say something", "tell me a word", "say a word please", "tell me something"],
+            "topic": list("abcd"),
+        }
     )
 
 

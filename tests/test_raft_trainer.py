@@ -1,6 +1,7 @@
 import copy
 import logging
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,10 @@ def test_selection_and_sft_loss_equal_the_reference(make_model, tokenizer, promp
     candidates, rows = recorded[0], read_stage(args, 0)
     rewards = [[row["reward"] for row in group] for group in by_prompt(rows, 4)]
     log_probs = [
-        [completion_token_log_probs(initial, candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in group]
+        [
+            completion_token_log_probs(initial, candidates["prompt_ids"][i], candidates["completion_ids"][i])
+            for i in group
+        ]
         for group in [range(p * 4, p * 4 + 4) for p in range(4)]
     ]
     selected = [[row["selected"] for row in group] for group in by_prompt(rows, 4)]
@@ -74,8 +78,13 @@ def test_selection_and_sft_loss_equal_the_reference(make_model, tokenizer, promp
 def test_reward_rises_over_stages(make_model, tokenizer, make_args):
     prompts = Dataset.from_dict({"prompt": ["say something", "tell me a word", "say a word please", "tell me"] * 4})
     args = make_args(
-        num_stages=4, prompts_per_stage=16, num_generations=8, max_completion_length=16, epochs_per_stage=4,
-        per_device_train_batch_size=8, learning_rate=1e-2,
+        num_stages=4,
+        prompts_per_stage=16,
+        num_generations=8,
+        max_completion_length=16,
+        epochs_per_stage=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
     )
     trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
@@ -143,7 +152,11 @@ def test_reward_model_given_as_a_pretrained_model(make_model, tokenizer, prompts
     reward_model = tiny_reward_model(tokenizer, **NO_DROPOUT).eval()
     args = make_args()
     trainer = RAFTTrainer(
-        make_model(), reward_model, args=args, train_dataset=prompts, processing_class=tokenizer,
+        make_model(),
+        reward_model,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
         reward_processing_classes=tokenizer,
     )
     trainer.train()
@@ -178,9 +191,7 @@ def test_reward_functions_get_trl_keywords_and_trl_rewards_work(make_model, toke
 
     args = make_args(prompts_per_stage=2, num_generations=3, max_completion_length=6)
     overlong = get_soft_overlong_punishment(max_completion_len=6, soft_punish_cache=4)
-    trainer = RAFTTrainer(
-        make_model(), [spy, overlong], args=args, train_dataset=prompts, processing_class=tokenizer
-    )
+    trainer = RAFTTrainer(make_model(), [spy, overlong], args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
     rows = read_stage(args, 0)
     assert seen["prompts"] == rows["prompt"] and seen["completions"] == rows["completion"]
@@ -215,12 +226,19 @@ def test_long_prompts_are_dropped_with_a_count(make_model, tokenizer, make_args,
     prompts = Dataset.from_dict({"prompt": ["say something", "say " * 20 + "something", "tell me a word"]})
     args = make_args(max_prompt_length=5, prompts_per_stage=2, num_generations=2)
     with caplog.at_level(logging.WARNING):
-        trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+        trainer = RAFTTrainer(
+            make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer
+        )
     assert "Dropped 1 of 3 prompts" in caplog.text
     assert list(trainer.train_dataset["prompt"]) == ["say something", "tell me a word"]
     with pytest.raises(ValueError, match="max_prompt_length"):
-        RAFTTrainer(make_model(), share_of_apple, args=make_args(max_prompt_length=1), train_dataset=prompts,
-                    processing_class=tokenizer)
+        RAFTTrainer(
+            make_model(),
+            share_of_apple,
+            args=make_args(max_prompt_length=1),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
 
 
 def test_sample_filter_drops_and_cleans_candidates(make_model, tokenizer, prompts, make_args):
@@ -229,7 +247,11 @@ def test_sample_filter_drops_and_cleans_candidates(make_model, tokenizer, prompt
 
     args = make_args(num_stages=2, num_generations=6, max_completion_length=12)
     trainer = RAFTTrainer(
-        make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer,
+        make_model(),
+        share_of_apple,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
         sample_filter=no_banana_and_cleaned_kite,
     )
     trainer.train()
@@ -243,8 +265,9 @@ def test_sample_filter_drops_and_cleans_candidates(make_model, tokenizer, prompt
             assert "kite" not in row["completion"].split()
 
 
-def test_model_and_reference_loaded_from_a_local_path_and_saved_model_reloads(make_model, tokenizer, prompts, make_args,
-                                                                                tmp_path):
+def test_model_and_reference_loaded_from_a_local_path_and_saved_model_reloads(
+    make_model, tokenizer, prompts, make_args, tmp_path
+):
     make_model().save_pretrained(tmp_path / "policy")
     tokenizer.save_pretrained(tmp_path / "policy")
     args = make_args(beta=0.1)
@@ -260,8 +283,15 @@ def test_model_and_reference_loaded_from_a_local_path_and_saved_model_reloads(ma
 
 
 def test_learning_rate_schedule_spans_the_whole_run(make_model, tokenizer, prompts, make_args):
-    args = make_args(num_stages=3, prompts_per_stage=4, per_device_train_batch_size=2, epochs_per_stage=2,
-                     lr_scheduler_type="linear", logging_strategy="steps", logging_steps=1)
+    args = make_args(
+        num_stages=3,
+        prompts_per_stage=4,
+        per_device_train_batch_size=2,
+        epochs_per_stage=2,
+        lr_scheduler_type="linear",
+        logging_strategy="steps",
+        logging_steps=1,
+    )
     trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
     assert trainer.state.global_step == 3 * 2 * 2
@@ -278,7 +308,24 @@ def test_a_reward_function_returning_the_wrong_count_is_named(make_model, tokeni
     def broken_reward(completions, **kwargs):
         return [1.0]
 
-    trainer = RAFTTrainer(make_model(), broken_reward, args=make_args(), train_dataset=prompts,
-                          processing_class=tokenizer)
+    trainer = RAFTTrainer(
+        make_model(), broken_reward, args=make_args(), train_dataset=prompts, processing_class=tokenizer
+    )
     with pytest.raises(ValueError, match=r"'broken_reward' returned 1 values \[1.0\]; expected a list of 16"):
         trainer.train()
+
+
+def test_stage_metrics_are_logged_even_when_the_trainer_logs_less_often(make_model, tokenizer, prompts, make_args):
+    args = make_args(num_stages=3, logging_strategy="no")
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    assert [record["stage"] for record in trainer.state.log_history if "stage" in record] == [0, 1, 2]
+
+
+def test_checkpoints_and_gradient_checkpointing_work_through_the_trainer(make_model, tokenizer, prompts, make_args):
+    args = make_args(num_stages=2, save_strategy="epoch", gradient_checkpointing=True)
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    checkpoints = sorted(p.name for p in (Path(args.output_dir)).iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]
+    assert trainer.model.is_gradient_checkpointing

@@ -20,12 +20,22 @@ def test_stages_walk_the_dataset_in_a_fresh_order_each_pass():
 
 def test_stage_file_is_json_lines_written_atomically(tmp_path):
     path = tmp_path / "stages" / "stage_000.jsonl"
-    columns = {"stage": [0, 0], "prompt": ["a", "b"], "completion": ["é", "x"], "reward": [0.5, None],
-               "selected": [True, False]}
+    columns = {
+        "stage": [0, 0],
+        "prompt": ["a", "b"],
+        "completion": ["é", "x"],
+        "reward": [0.5, None],
+        "selected": [True, False],
+    }
     write_stage_file(str(path), columns)
     assert [p.name for p in path.parent.iterdir()] == ["stage_000.jsonl"]  # no partial file left behind
-    assert json.loads(path.read_text().splitlines()[1]) == {"stage": 0, "prompt": "b", "completion": "x",
-                                                            "reward": None, "selected": False}
+    assert json.loads(path.read_text().splitlines()[1]) == {
+        "stage": 0,
+        "prompt": "b",
+        "completion": "x",
+        "reward": None,
+        "selected": False,
+    }
     rows = load_dataset("json", data_files=str(path), split="train")
     assert rows.to_dict() == columns
 
@@ -51,12 +61,22 @@ def test_dataset_is_checked_before_the_model_is_loaded(make_args):
 
 def test_reward_weights_must_match_the_reward_functions(make_model, tokenizer, prompts, make_args):
     with pytest.raises(ValueError, match="reward_weights has 2 entries for 1 reward functions"):
-        RAFTTrainer(make_model(), share_of_apple, args=make_args(reward_weights=[1.0, 2.0]), train_dataset=prompts,
-                    processing_class=tokenizer)
+        RAFTTrainer(
+            make_model(),
+            share_of_apple,
+            args=make_args(reward_weights=[1.0, 2.0]),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
 
 
 def test_a_stage_where_nothing_gets_a_reward_fails_clearly(make_model, tokenizer, prompts, make_args):
-    trainer = RAFTTrainer(make_model(), lambda completions, **kw: [None] * len(completions), args=make_args(),
-                          train_dataset=prompts, processing_class=tokenizer)
+    trainer = RAFTTrainer(
+        make_model(),
+        lambda completions, **kw: [None] * len(completions),
+        args=make_args(),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+    )
     with pytest.raises(RuntimeError, match="stage 0 kept no candidate"):
         trainer.train()

@@ -18,8 +18,15 @@ from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon say tell me a word something".split()
 DEFAULTS = dict(
-    output_dir="runs/quickstart", num_stages=4, prompts_per_stage=16, num_generations=8, max_completion_length=16,
-    epochs_per_stage=4, per_device_train_batch_size=8, learning_rate=1e-2, save_strategy="no",
+    output_dir="runs/quickstart",
+    num_stages=4,
+    prompts_per_stage=16,
+    num_generations=8,
+    max_completion_length=16,
+    epochs_per_stage=4,
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+    save_strategy="no",
 )
 
 
@@ -43,8 +50,10 @@ def main(argv: list[str]) -> list[dict]:
     stages = [record for record in trainer.state.log_history if "stage" in record]
     print(f"\n{'stage':>5} {'policy reward':>14} {'kept reward':>12} {'SFT loss':>9}")
     for record in stages:
-        print(f"{record['stage']:>5} {record['reward_mean']:>14.3f} {record['reward_kept_mean']:>12.3f} "
-              f"{record['loss']:>9.3f}")
+        print(
+            f"{record['stage']:>5} {record['reward_mean']:>14.3f} {record['reward_kept_mean']:>12.3f} "
+            f"{record['loss']:>9.3f}"
+        )
     print(f"\nModel saved to {args.output_dir}; stage files in {args.output_dir}/stages/")
     return stages
 

@@ -42,7 +42,8 @@ def as_reward_functions(reward_fn, processing_classes=None, **model_init_kwargs)
             functions.append(item)
         else:
             raise ValueError(
-                f"reward_fn entries must be callables, reward-model ids or PreTrainedModels; got {type(item).__name__}."
+                "reward_fn entries must be callables, reward-model ids or PreTrainedModels; "
+                f"got {type(item).__name__}."
             )
     return functions
 
