@@ -16,12 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-from trl.trainer.utils import pad, selective_log_softmax
+from trl.trainer.utils import pad
 
 from . import ranking
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
+from .sequences import completion_token_log_probs, sft_example
 from .stage_trainer import Candidates, StageTrainer, validate_prompt_dataset
 
 logger = logging.getLogger(__name__)
@@ -203,14 +204,7 @@ class RAFTTrainer(StageTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def training_examples(self, candidates: Candidates, kept_indices) -> list[dict]:
-        """Prompt + completion tokens, with the prompt masked out of the labels: the loss is on completions only."""
-        examples = []
-        for i in kept_indices:
-            prompt_ids, completion_ids = candidates["prompt_ids"][i], candidates["completion_ids"][i]
-            examples.append(
-                {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
-            )
-        return examples
+        return [sft_example(candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in kept_indices]
 
     def batches_per_stage(self) -> int:
         return self.args.epochs_per_stage * math.ceil(
@@ -238,18 +232,6 @@ class RAFTTrainer(StageTrainer):
 
     def _quiet(self) -> bool:
         return self.args.disable_tqdm or not self.is_local_process_zero()
-
-
-def completion_token_log_probs(model: PreTrainedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of a collated batch's labels under `model`, and the mask of completion tokens.
-
-    Position t predicts token t + 1, so logits and labels are shifted against each other, as in the model's loss.
-    """
-    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    return selective_log_softmax(logits, labels.clamp(min=0)), mask
 
 
 def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None) -> tuple[Dataset, list[list[int]]]:
