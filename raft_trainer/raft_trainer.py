@@ -11,18 +11,16 @@ import math
 
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-from trl.trainer.utils import pad
 
 from . import ranking
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
-from .sequences import completion_token_log_probs, sft_example
+from .sequences import completion_token_log_probs, generate_completions, sft_example
 from .stage_trainer import Candidates, StageTrainer, validate_prompt_dataset
 
 logger = logging.getLogger(__name__)
@@ -114,45 +112,23 @@ class RAFTTrainer(StageTrainer):
     # Generation
     # ----------------------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
-        """Sample `generations_per_prompt` completions per prompt; each prompt is encoded once per batch."""
         per_prompt = self.args.generations_per_prompt
-        prompts_per_batch = max(1, self.args.generation_batch_size // per_prompt)
-        pad_token_id = self.processing_class.pad_token_id
-        prompt_ids, completion_ids = [], []
+        prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
-            was_training = model.training
-            model.eval()
-            for start in tqdm(
-                range(0, len(prompt_indices), prompts_per_batch),
-                desc="Generating",
-                disable=self._quiet(),
-                leave=False,
-            ):
-                batch_prompts = [
-                    torch.tensor(self.prompt_ids[i]) for i in prompt_indices[start : start + prompts_per_batch]
-                ]
-                input_ids = pad(batch_prompts, padding_value=pad_token_id, padding_side="left").to(model.device)
-                attention_mask = pad([torch.ones_like(p) for p in batch_prompts], padding_side="left").to(model.device)
-                sequences = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=self.generation_config,
-                    num_return_sequences=per_prompt,
-                    use_cache=True,
-                )
-                completion_ids.extend(self.strip_after_eos(sequences[:, input_ids.shape[1] :]))
-                prompt_ids.extend(p.tolist() for p in batch_prompts for _ in range(per_prompt))
-            model.train(was_training)
-        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "completion": texts}
-
-    def strip_after_eos(self, completions: torch.Tensor) -> list[list[int]]:
-        """Each completion's tokens up to and including its first end-of-sequence token (the rest is padding)."""
-        is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids, device=completions.device))
-        lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completions.shape[1])
-        return [row[:length].tolist() for row, length in zip(completions, lengths.tolist())]
+            completion_ids = generate_completions(
+                model,
+                prompt_ids,
+                self.generation_config,
+                per_prompt,
+                self.args.generation_batch_size,
+                show_progress=not self._quiet(),
+            )
+        return {
+            "prompt_ids": [ids for ids in prompt_ids for _ in range(per_prompt)],
+            "completion_ids": completion_ids,
+            "completion": self.processing_class.batch_decode(completion_ids, skip_special_tokens=True),
+        }
 
     def reward_inputs(self, candidates: Candidates) -> dict:
         completions = candidates["completion"]

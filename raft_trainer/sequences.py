@@ -1,8 +1,9 @@
 """Prompt + completion token sequences: the SFT example format, and their log-probs under a causal LM."""
 
 import torch
-from transformers import PreTrainedModel
-from trl.trainer.utils import selective_log_softmax
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel
+from trl.trainer.utils import pad, selective_log_softmax
 
 
 def sft_example(prompt_ids: list[int], completion_ids: list[int]) -> dict[str, list[int]]:
@@ -21,3 +22,47 @@ def completion_token_log_probs(model: PreTrainedModel, batch: dict) -> tuple[tor
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     return selective_log_softmax(logits, labels.clamp(min=0)), labels != -100
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    generation_config: GenerationConfig,
+    num_return_sequences: int,
+    batch_size: int,
+    show_progress: bool = True,
+) -> list[list[int]]:
+    """Sample `num_return_sequences` completions per prompt, prompt-major, each cut after its first eos token.
+
+    Prompts are left-padded and batched so that a batch holds about `batch_size` sequences; each prompt is encoded
+    once per batch. The model is put in eval mode for generation and restored afterwards.
+    """
+    eos_token_ids = torch.tensor(generation_config.eos_token_id, device=model.device).view(-1)
+    prompts_per_batch = max(1, batch_size // num_return_sequences)
+    was_training = model.training
+    model.eval()
+    completions = []
+    for start in tqdm(
+        range(0, len(prompt_ids), prompts_per_batch), desc="Generating", disable=not show_progress, leave=False
+    ):
+        batch = [torch.tensor(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
+        input_ids = pad(batch, padding_value=generation_config.pad_token_id, padding_side="left").to(model.device)
+        attention_mask = pad([torch.ones_like(ids) for ids in batch], padding_side="left").to(model.device)
+        sequences = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            num_return_sequences=num_return_sequences,
+            use_cache=True,
+        )
+        completions.extend(strip_after_eos(sequences[:, input_ids.shape[1] :], eos_token_ids))
+    model.train(was_training)
+    return completions
+
+
+def strip_after_eos(completions: torch.Tensor, eos_token_ids: torch.Tensor) -> list[list[int]]:
+    """Each completion's tokens up to and including its first eos token (what follows is padding)."""
+    is_eos = torch.isin(completions, eos_token_ids)
+    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completions.shape[1])
+    return [row[:length].tolist() for row, length in zip(completions, lengths.tolist())]

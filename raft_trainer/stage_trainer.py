@@ -135,8 +135,9 @@ class StageTrainer(Trainer):
         candidates["prompt_index"] = self._per_candidate(prompt_indices)
         candidates["prompt"] = self._per_candidate(prompts)
 
-        kept_by_filter = self.apply_sample_filter(candidates, rows)
-        rewards, rewards_per_func = self.score(candidates, rows)
+        columns = {name: self._per_candidate(list(rows[name])) for name in rows.column_names if name != "prompt"}
+        kept_by_filter = self.apply_sample_filter(candidates, columns)
+        rewards, rewards_per_func = self.score(candidates, columns)
         rewards[~kept_by_filter] = torch.nan
         scores = self.ranking_scores(candidates, rewards)
         kept = ranking.select(scores, args.ranking, args.generations_per_prompt, args.prompts_per_stage)
@@ -169,9 +170,9 @@ class StageTrainer(Trainer):
     def _per_candidate(self, values: list) -> list:
         return [value for value in values for _ in range(self.args.generations_per_prompt)]
 
-    def reward_kwargs(self, candidates: Candidates, rows: Dataset) -> dict:
-        """The keywords every reward function (and the sample filter) is called with: TRL's convention."""
-        columns = {name: self._per_candidate(list(rows[name])) for name in rows.column_names if name != "prompt"}
+    def reward_kwargs(self, candidates: Candidates, columns: dict[str, list]) -> dict:
+        """The keywords every reward function (and the sample filter) is called with, in TRL's convention;
+        `columns` are the other dataset columns, one entry per candidate."""
         return {
             "prompts": candidates["prompt"],
             **self.reward_inputs(candidates),
@@ -179,12 +180,12 @@ class StageTrainer(Trainer):
             "trainer_state": self.state,
         }
 
-    def apply_sample_filter(self, candidates: Candidates, rows: Dataset) -> torch.Tensor:
+    def apply_sample_filter(self, candidates: Candidates, columns: dict[str, list]) -> torch.Tensor:
         """Run the user's sample filter: the mask of candidates it keeps. Text it returns replaces a completion."""
         num_candidates = len(candidates["prompt"])
         if self.sample_filter is None:
             return torch.ones(num_candidates, dtype=torch.bool)
-        verdicts = list(self.sample_filter(**self.reward_kwargs(candidates, rows)))
+        verdicts = list(self.sample_filter(**self.reward_kwargs(candidates, columns)))
         if len(verdicts) != num_candidates:
             raise ValueError(
                 f"sample_filter returned {len(verdicts)} values for {num_candidates} candidates: return one per "
@@ -195,13 +196,13 @@ class StageTrainer(Trainer):
                 self.replace_candidate(candidates, index, verdict)
         return torch.tensor([verdict is not False and verdict is not None for verdict in verdicts])
 
-    def score(self, candidates: Candidates, rows: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, candidates: Candidates, columns: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's reward [N] (the weighted sum over reward functions) and the per-function rewards [N, F].
 
         As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate
         no function rewards gets NaN (no reward).
         """
-        kwargs = self.reward_kwargs(candidates, rows)
+        kwargs = self.reward_kwargs(candidates, columns)
         num_candidates = len(candidates["prompt"])
         rewards_per_func = torch.full((num_candidates, len(self.reward_funcs)), torch.nan, dtype=torch.float64)
         for column, (function, name) in enumerate(zip(self.reward_funcs, self.reward_names)):

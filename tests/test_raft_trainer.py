@@ -162,7 +162,7 @@ def test_reward_model_given_as_a_pretrained_model(make_model, tokenizer, prompts
     trainer.train()
     rows = read_stage(args, 0)
     for row in rows:  # each candidate scored alone (no padding) by the reward model on prompt + completion
-        inputs = tokenizer(row["prompt"] + row["completion"], return_tensors="pt", add_special_tokens=False)
+        inputs = tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token, return_tensors="pt")
         with torch.no_grad():
             assert row["reward"] == pytest.approx(reward_model(**inputs).logits[0, 0].item(), abs=1e-5)
 

@@ -16,7 +16,9 @@ def test_reward_model_scores_in_padded_batches_as_it_does_one_by_one(tokenizer):
     alone = []
     for prompt, completion in zip(prompts, completions):
         with torch.no_grad():
-            alone.append(model(**tokenizer(prompt + completion, return_tensors="pt")).logits[0, 0].item())
+            inputs = tokenizer(prompt + completion + "<eos>", return_tensors="pt")
+            assert inputs["input_ids"][0, -1] == tokenizer.eos_token_id  # as TRL's RewardTrainer trains on
+            alone.append(model(**inputs).logits[0, 0].item())
     assert scorer(prompts=prompts, completions=completions) == pytest.approx(alone, abs=1e-5)
 
 

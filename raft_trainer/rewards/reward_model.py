@@ -6,9 +6,10 @@ from trl.data_utils import apply_chat_template, is_conversational
 class RewardModel:
     """A sequence-classification reward model (`num_labels=1`) used as a reward function.
 
-    Called like any reward function (`prompts=`, `completions=`, ...), it scores prompt + completion with its own
-    tokenizer, in batches, without gradients. Conversational candidates are rendered with that tokenizer's chat
-    template, as TRL does.
+    Called like any reward function (`prompts=`, `completions=`, ...), it scores prompt + completion in batches,
+    without gradients, and exactly in the form TRL's `RewardTrainer` trains reward models on: plain text gets the
+    eos token appended and the tokenizer's usual special tokens; chat candidates are rendered with the reward
+    tokenizer's chat template.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, batch_size: int = 64):
@@ -39,13 +40,15 @@ class RewardModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list, **_) -> list[float]:
-        if is_conversational({"prompt": prompts[0]}):
+        conversational = is_conversational({"prompt": prompts[0]})
+        if conversational:
             texts = [
                 apply_chat_template({"messages": prompt + completion}, self.tokenizer)["text"]
                 for prompt, completion in zip(prompts, completions, strict=True)
             ]
         else:
-            texts = [prompt + completion for prompt, completion in zip(prompts, completions, strict=True)]
+            eos = self.tokenizer.eos_token or ""
+            texts = [prompt + completion + eos for prompt, completion in zip(prompts, completions, strict=True)]
         scores = []
         for start in range(0, len(texts), self.batch_size):
             inputs = self.tokenizer(
@@ -53,7 +56,7 @@ class RewardModel:
                 return_tensors="pt",
                 padding=True,
                 padding_side="right",
-                add_special_tokens=False,
+                add_special_tokens=not conversational,
             ).to(self.model.device)
             scores.extend(self.model(**inputs).logits[:, 0].float().tolist())
         return scores
