@@ -1,5 +1,7 @@
 """Prompt + completion token sequences: the SFT example format, and their log-probs under a causal LM."""
 
+import copy
+
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
@@ -38,6 +40,8 @@ def generate_completions(
     Prompts are left-padded and batched so that a batch holds about `batch_size` sequences; each prompt is encoded
     once per batch. The model is put in eval mode for generation and restored afterwards.
     """
+    generation_config = copy.copy(generation_config)
+    generation_config.num_return_sequences = num_return_sequences
     eos_token_ids = torch.tensor(generation_config.eos_token_id, device=model.device).view(-1)
     prompts_per_batch = max(1, batch_size // num_return_sequences)
     was_training = model.training
@@ -53,8 +57,6 @@ def generate_completions(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=generation_config,
-            num_return_sequences=num_return_sequences,
-            use_cache=True,
         )
         completions.extend(strip_after_eos(sequences[:, input_ids.shape[1] :], eos_token_ids))
     model.train(was_training)

@@ -1,21 +1,19 @@
 """Tiny models built from configs, for offline tests and the miniature world: nothing is downloaded."""
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 
 
-def word_tokenizer(words: list[str], padding_side: str = "left") -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over `words` (split on whitespace and punctuation), with pad, eos and unk tokens."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(words) - set(SPECIAL_TOKENS)))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+def word_tokenizer(texts: list[str], padding_side: str = "left") -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained on `texts` (split on whitespace and punctuation), with pad, eos and unk."""
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tokenizer = PreTrainedTokenizerFast(
+    backend.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False))
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side=padding_side
     )
-    tokenizer.backend_tokenizer.decoder = None
-    return tokenizer
 
 
 def gpt2_config(tokenizer, **overrides) -> GPT2Config:
