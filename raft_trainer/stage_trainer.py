@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from . import ranking
+from .files import atomic_path
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 
@@ -46,12 +47,9 @@ def stage_file_path(output_dir: str, stage: int) -> str:
 def write_stage_file(path: str, columns: dict[str, list]) -> None:
     """Write one JSON line per candidate (loadable with `datasets.load_dataset("json", data_files=path)`),
     atomically: readers never see a half-written stage."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as file:
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as file:
         for row in zip(*columns.values()):
             file.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
-    os.replace(partial, path)
 
 
 def validate_prompt_dataset(dataset) -> None:

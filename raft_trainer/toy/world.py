@@ -20,16 +20,8 @@ TOPICS = {
     "bicycle": ["tires", "chain", "brakes", "helmet"],
     "sleep": ["bedtime", "darkness", "routine", "pillow"],
     "running": ["shoes", "pace", "stretching", "distance"],
-    "budget": ["expenses", "savings", "income", "spreadsheet"],
     "guitar": ["chords", "strings", "tuning", "rhythm"],
-    "painting": ["brushes", "canvas", "colors", "light"],
     "camping": ["tent", "stove", "map", "flashlight"],
-    "cats": ["litter", "scratching", "vet", "toys"],
-    "dogs": ["leash", "walks", "treats", "training"],
-    "photography": ["camera", "lens", "exposure", "framing"],
-    "cars": ["oil", "tires", "mechanic", "insurance"],
-    "hiking": ["boots", "trail", "water", "map"],
-    "piano": ["scales", "keys", "metronome", "practice"],
 }
 QUESTIONS = [
     "How do I get started with {topic} ?",
@@ -77,7 +69,7 @@ SHORT = ["Yes .", "Okay .", "No .", "Sure .", "Maybe ."]
 POLITE_WORDS = {"sure", "happy", "luck", "hope", "course", "great", "enjoy"}
 RUDE_WORDS = {"stupid", "yourself", "stop", "nobody", "away"}
 QUALITIES = ("helpful", "vague", "off_topic", "rude", "repetitive", "short")
-QUALITY_WEIGHTS = (0.3, 0.15, 0.15, 0.1, 0.15, 0.15)
+QUALITY_WEIGHTS = (0.3, 0.15, 0.2, 0.1, 0.1, 0.15)
 
 
 def words(text: str) -> list[str]:
@@ -157,9 +149,13 @@ class ToyWorld:
         return [text for row in self.pairs for text in row.values()] + list(self.eval_chosen["completion"])
 
 
-def make_world(seed: int = 0, num_pairs: int = 4000, num_eval: int = 200, label_noise: float = 0.1) -> ToyWorld:
+def make_world(
+    seed: int = 0, num_pairs: int = 4000, num_eval: int = 200, label_noise: float = 0.1, off_topic_pairs: float = 0.3
+) -> ToyWorld:
     """Generate the world. Prompts are split into training and held-out ones; each preference pair compares two
-    responses of random qualities to one prompt, the better by `true_score` chosen (flipped with `label_noise`)."""
+    responses to one prompt, the better by `true_score` chosen (flipped with `label_noise`). A share
+    `off_topic_pairs` of the pairs sets a helpful answer against a helpful answer about another topic, as human
+    labellers meet answers that sound good but miss the question; the others are of random qualities."""
     rng = random.Random(seed)
     prompts = [make_prompt(t, q, g) for t in TOPICS for q in QUESTIONS for g in GREETINGS]
     rng.shuffle(prompts)
@@ -168,7 +164,11 @@ def make_world(seed: int = 0, num_pairs: int = 4000, num_eval: int = 200, label_
     def pair(prompt: str) -> tuple[str, str]:
         topic = topic_of(prompt)
         while True:
-            a, b = (response(topic, q, rng) for q in rng.choices(QUALITIES, QUALITY_WEIGHTS, k=2))
+            if rng.random() < off_topic_pairs:
+                qualities = ["helpful", "off_topic"]
+            else:
+                qualities = rng.choices(QUALITIES, QUALITY_WEIGHTS, k=2)
+            a, b = (response(topic, quality, rng) for quality in qualities)
             if true_score(prompt, a) != true_score(prompt, b):
                 break
         chosen, rejected = (a, b) if true_score(prompt, a) > true_score(prompt, b) else (b, a)

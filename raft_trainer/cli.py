@@ -1,0 +1,132 @@
+"""`raft-train`: run RAFT from the command line, on the offline miniature world or on real models.
+
+    raft-train                                   # the miniature HH world, offline, a few minutes on a CPU
+    raft-train --model_name_or_path ... --reward_model_name_or_path ... --dataset_name ...
+    raft-train --config run.yaml --num_stages 8  # YAML values, flags override them
+
+Every `RAFTConfig` field is a flag (`raft-train --help` lists them).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from datasets import Dataset, load_dataset
+from trl import TrlParser
+
+from .callbacks import StageTableCallback
+from .raft_config import RAFTConfig
+from .raft_trainer import RAFTTrainer
+from .report import train_and_report
+from .toy.pipeline import prepare_models
+from .toy.world import make_world, true_score
+
+# The miniature world's defaults, used when no model is named; any flag overrides them.
+TOY_DEFAULTS = dict(
+    output_dir="runs/raft-toy",
+    num_stages=8,
+    prompts_per_stage=64,
+    num_generations=8,
+    max_completion_length=48,
+    epochs_per_stage=2,
+    per_device_train_batch_size=16,
+    learning_rate=5e-4,
+    lr_scheduler_type="linear",
+    generation_batch_size=256,
+    save_strategy="no",
+)
+
+
+@dataclass
+class ScriptArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The policy (an SFT model id or path). Omitted: the offline miniature world."}
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The reward model (sequence classification, num_labels=1), id or path."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Dataset id or path for `datasets.load_dataset`, with a 'prompt' column."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split RAFT draws prompts from."})
+    dataset_test_split: str | None = field(
+        default="test",
+        metadata={"help": "Held-out split for evaluation; its 'chosen' column, if any, gives the perplexity."},
+    )
+    num_eval_prompts: int = field(default=200, metadata={"help": "Held-out prompts evaluated before and after."})
+    cache_dir: str = field(
+        default=os.path.join("~", ".cache", "raft-trainer"),
+        metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConfig]:
+    parser = TrlParser((ScriptArguments, RAFTConfig))
+    if "--model_name_or_path" not in (sys.argv[1:] if argv is None else argv):
+        parser.set_defaults(**TOY_DEFAULTS)
+    else:
+        parser.set_defaults(output_dir="runs/raft")
+    script_args, args = parser.parse_args_and_config(argv)
+    return script_args, args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    script_args, args = parse_args(argv)
+    if script_args.model_name_or_path is None:
+        world = make_world(seed=args.seed)
+        models = prepare_models(
+            world, os.path.expanduser(script_args.cache_dir), seed=args.seed, show_progress=not args.disable_tqdm
+        )
+        policy, reward_model = models.policy_path, models.reward_model_path
+        train_prompts, eval_prompts, eval_chosen, ground_truth = (
+            world.train_prompts,
+            world.eval_prompts,
+            world.eval_chosen,
+            true_score,
+        )
+    else:
+        if script_args.reward_model_name_or_path is None or script_args.dataset_name is None:
+            raise ValueError(
+                "--model_name_or_path needs --reward_model_name_or_path and --dataset_name too "
+                "(or name no model at all to run the offline miniature world)."
+            )
+        policy, reward_model = script_args.model_name_or_path, script_args.reward_model_name_or_path
+        train_prompts, eval_prompts, eval_chosen = load_prompts(script_args)
+        ground_truth = None
+
+    trainer = RAFTTrainer(
+        policy, reward_model, args=args, train_dataset=train_prompts, callbacks=[StageTableCallback()]
+    )
+    summary = train_and_report(trainer, eval_prompts, eval_chosen, ground_truth)
+    if trainer.is_world_process_zero():
+        print_evaluation(summary["eval"])
+        print(f"Wrote {args.output_dir}/summary.json, reward_curve.png, the model and stages/.")
+    return summary
+
+
+def load_prompts(script_args: ScriptArguments) -> tuple[Dataset, Dataset, Dataset | None]:
+    """Training prompts, held-out prompts and (when the test split has a 'chosen' column) held-out chosen answers."""
+    dataset = load_dataset(script_args.dataset_name, script_args.dataset_config)
+    train = dataset[script_args.dataset_train_split]
+    if script_args.dataset_test_split is None or script_args.dataset_test_split not in dataset:
+        split = train.train_test_split(test_size=min(script_args.num_eval_prompts, len(train) // 10 or 1), seed=0)
+        train, test = split["train"], split["test"]
+    else:
+        test = dataset[script_args.dataset_test_split]
+    test = test.select(range(min(script_args.num_eval_prompts, len(test))))
+    chosen = None
+    if "chosen" in test.column_names:
+        chosen = Dataset.from_dict({"prompt": list(test["prompt"]), "completion": list(test["chosen"])})
+    return train, test.select_columns(["prompt"]), chosen
+
+
+def print_evaluation(evaluation: dict) -> None:
+    names = list(evaluation["before"])
+    print(f"\n{'held-out':>12}" + "".join(f"{name:>12}" for name in names))
+    for moment in ("before", "after"):
+        print(f"{moment:>12}" + "".join(f"{evaluation[moment][name]:>12.4g}" for name in names))
+
+
+if __name__ == "__main__":
+    main()
