@@ -55,6 +55,9 @@ class ScriptArguments:
         metadata={"help": "Held-out split for evaluation; its 'chosen' column, if any, gives the perplexity."},
     )
     num_eval_prompts: int = field(default=200, metadata={"help": "Held-out prompts evaluated before and after."})
+    toy_num_pairs: int = field(
+        default=4000, metadata={"help": "Miniature world: preference pairs (and SFT examples) it generates."}
+    )
     cache_dir: str = field(
         default=os.path.join("~", ".cache", "raft-trainer"),
         metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
@@ -74,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConf
 def main(argv: list[str] | None = None) -> dict:
     script_args, args = parse_args(argv)
     if script_args.model_name_or_path is None:
-        world = make_world(seed=args.seed)
+        world = make_world(seed=args.seed, num_pairs=script_args.toy_num_pairs, num_eval=script_args.num_eval_prompts)
         models = prepare_models(
             world, os.path.expanduser(script_args.cache_dir), seed=args.seed, show_progress=not args.disable_tqdm
         )

@@ -5,6 +5,8 @@ model is trained on the preference pairs with the pairwise loss -log sigmoid(r_c
 TRL's trainers. Results are cached: a second run with the same world and seed loads them.
 """
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,7 +23,7 @@ from .world import ToyWorld
 logger = logging.getLogger(__name__)
 
 MODEL_SIZE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)
-CACHE_VERSION = "v1"  # bump when the world, the models or their training change, to invalidate caches
+CACHE_VERSION = "v1"  # bump when the models or their training change, to invalidate caches
 
 
 @dataclass
@@ -33,7 +35,8 @@ class ToyModels:
 def prepare_models(world: ToyWorld, cache_dir: str, seed: int = 0, show_progress: bool = True) -> ToyModels:
     """Train (or load from `cache_dir`) the miniature world's SFT policy, then its reward model, which starts from
     the SFT policy's weights (as in InstructGPT) so that it knows which words belong to which topic."""
-    directory = os.path.join(cache_dir, f"toy-{CACHE_VERSION}-seed{seed}")
+    world_hash = hashlib.sha256(json.dumps([world.pairs.to_dict(), world.eval_chosen.to_dict()]).encode()).hexdigest()
+    directory = os.path.join(cache_dir, f"toy-{CACHE_VERSION}-seed{seed}-{world_hash[:12]}")
     models = ToyModels(os.path.join(directory, "sft"), os.path.join(directory, "reward"))
     steps = (
         (models.policy_path, lambda: _base_policy(world), train_sft_policy),

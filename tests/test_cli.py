@@ -1,0 +1,55 @@
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from raft_trainer import cli
+
+TABLE_3 = {"reward", "perplexity", "msttr_100", "distinct_1", "distinct_2", "unique_1", "unique_2", "length"}
+SMALL_RUN = [
+    "--toy_num_pairs",
+    "64",
+    "--num_eval_prompts",
+    "8",
+    "--num_stages",
+    "2",
+    "--prompts_per_stage",
+    "8",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "12",
+    "--disable_tqdm",
+    "true",
+]
+
+
+def test_raft_train_runs_the_miniature_world_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = cli.main(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL_RUN])
+
+    written = json.loads((out / "summary.json").read_text())
+    assert written["eval"] == summary["eval"]
+    assert [stage["stage"] for stage in written["stages"]] == [0, 1]
+    for stage in written["stages"]:
+        assert {"reward_mean", "reward_kept_mean", "reward_std", "loss", "kept_distinct_1"} <= set(stage)
+    for moment in ("before", "after"):
+        assert set(written["eval"][moment]) == TABLE_3 | {"true_score"}
+    assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
+    AutoModelForCausalLM.from_pretrained(out)
+    printed = capsys.readouterr().out
+    assert "stage   reward     kept" in printed and "true_score" in printed
+
+
+def test_yaml_config_with_flags_overriding_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("num_stages: 5\nbeta: 0.05\nlearning_rate: 0.001\n")
+    script_args, args = cli.parse_args(["--config", str(config), "--num_stages", "3"])
+    assert (args.num_stages, args.beta, args.learning_rate) == (3, 0.05, 0.001)
+    assert script_args.model_name_or_path is None and args.output_dir == "runs/raft-toy"
+
+
+def test_real_models_need_a_reward_model_and_a_dataset(tmp_path):
+    with pytest.raises(ValueError, match="--reward_model_name_or_path and --dataset_name"):
+        cli.main(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])
