@@ -146,16 +146,7 @@ class StageTrainer(Trainer):
             )
 
         if self.is_world_process_zero():
-            columns = {"stage": [stage] * len(rewards), **self.stage_file_columns(candidates)}
-            columns["reward"] = _nan_to_none(rewards)
-            if len(self.reward_funcs) > 1:
-                for name, column in zip(self.reward_names, rewards_per_func.T):
-                    columns[f"reward_{name}"] = _nan_to_none(column)
-            if self.sample_filter is not None:
-                columns["filtered"] = (~kept_by_filter).tolist()
-            columns["selected"] = kept.tolist()
-            write_stage_file(stage_file_path(args.output_dir, stage), columns)
-
+            self.write_stage(stage, candidates, rewards, rewards_per_func, kept_by_filter, kept)
         if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone
             self.log({})
         self._stage_metrics = {
@@ -164,6 +155,18 @@ class StageTrainer(Trainer):
             **self.stage_metrics(candidates, kept),
         }
         return self.training_examples(candidates, kept.nonzero().view(-1).tolist())
+
+    def write_stage(self, stage, candidates, rewards, rewards_per_func, kept_by_filter, kept) -> None:
+        """The stage file: one row per candidate, what it is, its reward(s) and whether it was kept."""
+        rows = {"stage": [stage] * len(rewards), **self.stage_file_columns(candidates)}
+        rows["reward"] = _nan_to_none(rewards)
+        if len(self.reward_funcs) > 1:
+            for name, column in zip(self.reward_names, rewards_per_func.T):
+                rows[f"reward_{name}"] = _nan_to_none(column)
+        if self.sample_filter is not None:
+            rows["filtered"] = (~kept_by_filter).tolist()
+        rows["selected"] = kept.tolist()
+        write_stage_file(stage_file_path(self.args.output_dir, stage), rows)
 
     def _per_candidate(self, values: list) -> list:
         return [value for value in values for _ in range(self.args.generations_per_prompt)]

@@ -99,7 +99,7 @@ def train_reward_model(model_and_tokenizer, world: ToyWorld, output_dir: str, se
     """A reward model trained on the (noisy) preference pairs with the pairwise loss."""
     model, tokenizer = model_and_tokenizer
     args = RewardConfig(
-        num_train_epochs=3,
+        num_train_epochs=6,
         per_device_train_batch_size=32,
         learning_rate=2e-3,
         lr_scheduler_type="cosine",

@@ -150,12 +150,12 @@ class ToyWorld:
 
 
 def make_world(
-    seed: int = 0, num_pairs: int = 4000, num_eval: int = 200, label_noise: float = 0.1, off_topic_pairs: float = 0.3
+    seed: int = 0, num_pairs: int = 4000, num_eval: int = 200, label_noise: float = 0.1, helpful_pairs: float = 0.5
 ) -> ToyWorld:
     """Generate the world. Prompts are split into training and held-out ones; each preference pair compares two
     responses to one prompt, the better by `true_score` chosen (flipped with `label_noise`). A share
-    `off_topic_pairs` of the pairs sets a helpful answer against a helpful answer about another topic, as human
-    labellers meet answers that sound good but miss the question; the others are of random qualities."""
+    `helpful_pairs` of the pairs sets a helpful answer against one of another quality (as in HH-RLHF, where one
+    answer of a pair is usually a real attempt); the others compare two responses of random qualities."""
     rng = random.Random(seed)
     prompts = [make_prompt(t, q, g) for t in TOPICS for q in QUESTIONS for g in GREETINGS]
     rng.shuffle(prompts)
@@ -164,8 +164,8 @@ def make_world(
     def pair(prompt: str) -> tuple[str, str]:
         topic = topic_of(prompt)
         while True:
-            if rng.random() < off_topic_pairs:
-                qualities = ["helpful", "off_topic"]
+            if rng.random() < helpful_pairs:  # half of these against an answer that sounds good but is off topic
+                qualities = ["helpful", "off_topic" if rng.random() < 0.5 else rng.choice(QUALITIES[1:])]
             else:
                 qualities = rng.choices(QUALITIES, QUALITY_WEIGHTS, k=2)
             a, b = (response(topic, quality, rng) for quality in qualities)
