@@ -74,7 +74,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConf
     return script_args, args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The `raft-train` console script."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse `argv` (default: the command line), run RAFT with its evaluation and report; returns the summary."""
     script_args, args = parse_args(argv)
     if script_args.model_name_or_path is None:
         world = make_world(seed=args.seed, num_pairs=script_args.toy_num_pairs, num_eval=script_args.num_eval_prompts)

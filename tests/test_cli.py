@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -24,22 +27,29 @@ SMALL_RUN = [
 ]
 
 
-def test_raft_train_runs_the_miniature_world_and_writes_its_report(tmp_path, capsys):
+def test_raft_train_runs_the_miniature_world_and_writes_its_report(tmp_path):
     out = tmp_path / "run"
-    summary = cli.main(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL_RUN])
+    raft_train = Path(sys.executable).parent / "raft-train"  # the installed console script
+    command = [str(raft_train), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL_RUN]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
 
-    written = json.loads((out / "summary.json").read_text())
-    assert written["eval"] == summary["eval"]
-    assert [stage["stage"] for stage in written["stages"]] == [0, 1]
-    for stage in written["stages"]:
+    summary = json.loads((out / "summary.json").read_text())
+    assert [stage["stage"] for stage in summary["stages"]] == [0, 1]
+    for stage in summary["stages"]:
         assert {"reward_mean", "reward_kept_mean", "reward_std", "loss", "kept_distinct_1"} <= set(stage)
     for moment in ("before", "after"):
-        assert set(written["eval"][moment]) == TABLE_3 | {"true_score"}
+        assert set(summary["eval"][moment]) == TABLE_3 | {"true_score"}
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
     AutoModelForCausalLM.from_pretrained(out)
-    printed = capsys.readouterr().out
-    assert "stage   reward     kept" in printed and "true_score" in printed
+    assert "stage   reward     kept" in finished.stdout and "true_score" in finished.stdout
+
+
+def test_run_returns_the_summary_it_writes(tmp_path):
+    out = tmp_path / "run"
+    summary = cli.run(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL_RUN])
+    assert json.loads((out / "summary.json").read_text())["eval"] == summary["eval"]
 
 
 def test_yaml_config_with_flags_overriding_it(tmp_path):
@@ -52,4 +62,4 @@ def test_yaml_config_with_flags_overriding_it(tmp_path):
 
 def test_real_models_need_a_reward_model_and_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="--reward_model_name_or_path and --dataset_name"):
-        cli.main(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])
+        cli.run(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])
