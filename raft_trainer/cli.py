@@ -8,7 +8,6 @@ Every `RAFTConfig` field is a flag (`raft-train --help` lists them).
 """
 
 import os
-import sys
 from dataclasses import dataclass, field
 
 from datasets import Dataset, load_dataset
@@ -65,12 +64,17 @@ class ScriptArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConfig]:
-    parser = TrlParser((ScriptArguments, RAFTConfig))
-    if "--model_name_or_path" not in (sys.argv[1:] if argv is None else argv):
-        parser.set_defaults(**TOY_DEFAULTS)
-    else:
-        parser.set_defaults(output_dir="runs/raft")
-    script_args, args = parser.parse_args_and_config(argv)
+    """The script's arguments and the RAFT configuration; the miniature world's defaults apply when no model is
+    named (on the command line or in the YAML config)."""
+
+    def parse(defaults: dict):
+        parser = TrlParser((ScriptArguments, RAFTConfig))
+        parser.set_defaults(**defaults)
+        return parser.parse_args_and_config(argv)
+
+    script_args, args = parse({"output_dir": "runs/raft"})
+    if script_args.model_name_or_path is None:
+        script_args, args = parse(TOY_DEFAULTS)
     return script_args, args
 
 

@@ -63,3 +63,53 @@ def test_yaml_config_with_flags_overriding_it(tmp_path):
 def test_real_models_need_a_reward_model_and_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="--reward_model_name_or_path and --dataset_name"):
         cli.run(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])
+
+
+def test_toy_defaults_apply_only_without_a_model(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name_or_path: some/model\n")
+    script_args, args = cli.parse_args(["--config", str(config)])
+    assert script_args.model_name_or_path == "some/model"
+    assert (args.output_dir, args.num_stages, args.learning_rate) == ("runs/raft", 4, 2e-5)  # RAFTConfig's own
+
+
+def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, tokenizer, make_model):
+    from raft_trainer.toy.tiny import tiny_reward_model
+
+    make_model().save_pretrained(tmp_path / "policy")
+    tiny_reward_model(tokenizer).save_pretrained(tmp_path / "reward")
+    for path in ("policy", "reward"):
+        tokenizer.save_pretrained(tmp_path / path)
+    data = tmp_path / "data"
+    data.mkdir()
+    prompts = ["say something", "tell me a word", "say a word please", "tell me something"]
+    (data / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " dog"}) for p in prompts * 3))
+    (data / "test.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " apple"}) for p in prompts))
+    summary = cli.run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "policy"),
+            "--reward_model_name_or_path",
+            str(tmp_path / "reward"),
+            "--dataset_name",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--num_stages",
+            "1",
+            "--prompts_per_stage",
+            "4",
+            "--num_generations",
+            "2",
+            "--max_completion_length",
+            "6",
+            "--per_device_train_batch_size",
+            "4",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "no",
+        ]
+    )
+    assert set(summary["eval"]["after"]) == TABLE_3  # no ground truth outside the miniature world
+    assert (tmp_path / "run" / "summary.json").exists()

@@ -51,11 +51,10 @@ def test_models_are_trained_once_then_loaded_from_the_cache(tmp_path, monkeypatc
     assert policy.config.n_embd == pipeline.MODEL_SIZE["n_embd"]
     assert len(scorer(prompts=world.eval_chosen["prompt"][:2], completions=world.eval_chosen["completion"][:2])) == 2
 
-    def must_not_train(*args, **kwargs):
+    def must_not_train(trainer):
         raise AssertionError("the cache was not used")
 
-    monkeypatch.setattr(pipeline, "train_sft_policy", must_not_train)
-    monkeypatch.setattr(pipeline, "train_reward_model", must_not_train)
+    monkeypatch.setattr(pipeline, "train_phase", must_not_train)
     assert pipeline.prepare_models(world, str(tmp_path), seed=0, show_progress=False) == models
     with pytest.raises(AssertionError, match="cache"):  # another world is another cache entry
         pipeline.prepare_models(make_world(seed=0, num_pairs=32, num_eval=8), str(tmp_path), seed=0)
