@@ -59,15 +59,18 @@ class RAFTTrainer(StageTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = RAFTConfig(output_dir=f"{name.split('/')[-1]}-RAFT")
+        # Everything about the prompts is checked before any model is loaded.
         validate_prompt_dataset(train_dataset)
-        model_init_kwargs = args.model_init_kwargs or {}
         model_id = model if isinstance(model, str) else None
-        if model_id is not None:
-            model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.name_or_path)
+            processing_class = AutoTokenizer.from_pretrained(model_id or model.name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
+
+        model_init_kwargs = args.model_init_kwargs or {}
+        if model_id is not None:
+            model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
 
         # The reference model is the frozen initial policy; it is only needed for the KL-penalised score.
         self.ref_model = None
@@ -79,7 +82,6 @@ class RAFTTrainer(StageTrainer):
             )
             self.ref_model.eval().requires_grad_(False)
 
-        train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
         eos_token_id = model.generation_config.eos_token_id
         if eos_token_id is None:
             eos_token_id = processing_class.eos_token_id
