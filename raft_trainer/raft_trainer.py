@@ -98,7 +98,7 @@ class RAFTTrainer(StageTrainer):
         )
         super().__init__(
             model,
-            as_reward_functions(reward_fn, reward_processing_classes),
+            as_reward_functions(reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm),
             args,
             train_dataset,
             sample_filter=sample_filter,

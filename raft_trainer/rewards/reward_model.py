@@ -1,4 +1,5 @@
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import apply_chat_template, is_conversational
 
@@ -12,7 +13,13 @@ class RewardModel:
     tokenizer's chat template.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, batch_size: int = 64):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        batch_size: int = 64,
+        show_progress: bool = True,
+    ):
         if model.config.num_labels != 1:
             raise ValueError(
                 f"reward model {model.name_or_path!r} has num_labels={model.config.num_labels}; a reward model must "
@@ -27,12 +34,13 @@ class RewardModel:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.show_progress = show_progress
         self.__name__ = model.name_or_path.rstrip("/").split("/")[-1] or type(model).__name__
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **model_init_kwargs) -> "RewardModel":
+    def from_pretrained(cls, name_or_path: str, show_progress: bool = True, **model_init_kwargs) -> "RewardModel":
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_init_kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(name_or_path))
+        return cls(model, AutoTokenizer.from_pretrained(name_or_path), show_progress=show_progress)
 
     def to(self, device) -> "RewardModel":
         self.model.to(device)
@@ -50,7 +58,8 @@ class RewardModel:
             eos = self.tokenizer.eos_token or ""
             texts = [prompt + completion + eos for prompt, completion in zip(prompts, completions, strict=True)]
         scores = []
-        for start in range(0, len(texts), self.batch_size):
+        batches = range(0, len(texts), self.batch_size)
+        for start in tqdm(batches, desc=f"Scoring ({self.__name__})", disable=not self.show_progress, leave=False):
             inputs = self.tokenizer(
                 texts[start : start + self.batch_size],
                 return_tensors="pt",
