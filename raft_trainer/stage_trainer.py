@@ -66,6 +66,18 @@ def validate_prompt_dataset(dataset) -> None:
         )
     if len(dataset) == 0:
         raise ValueError("train_dataset is empty: RAFT needs prompts to generate from.")
+    first_is_text = isinstance(dataset[0]["prompt"], str)
+    for index, prompt in enumerate(dataset["prompt"]):
+        is_chat = (
+            isinstance(prompt, list)
+            and bool(prompt)
+            and all(isinstance(message, dict) and {"role", "content"} <= set(message) for message in prompt)
+        )
+        if not (isinstance(prompt, str) or is_chat) or isinstance(prompt, str) != first_is_text:
+            raise ValueError(
+                f"train_dataset['prompt'][{index}] is {prompt!r:.80}: every prompt must be text, or every prompt a "
+                "list of chat messages ({'role': ..., 'content': ...})."
+            )
 
 
 class StageDataLoader:

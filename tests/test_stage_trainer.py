@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset, load_dataset
 
 from raft_trainer import RAFTTrainer
-from raft_trainer.stage_trainer import stage_prompt_indices, validate_prompt_dataset, write_stage_file
+from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices, validate_prompt_dataset, write_stage_file
 
 from .conftest import share_of_apple
 
@@ -46,6 +46,9 @@ def test_stage_file_is_json_lines_written_atomically(tmp_path):
         ([{"prompt": "hi"}], "must be a datasets.Dataset"),
         (Dataset.from_dict({"text": ["hi"], "id": [1]}), r"no 'prompt' column \(columns found: \['text', 'id'\]\)"),
         (Dataset.from_dict({"prompt": []}), "train_dataset is empty"),
+        (Dataset.from_dict({"prompt": [1, 2]}), r"train_dataset\['prompt'\]\[0\] is 1: every prompt must be text"),
+        (Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}], []]}), r"\['prompt'\]\[1\] is \[\]"),
+        (Dataset.from_list([{"prompt": "a"}, {"prompt": None}]), r"\['prompt'\]\[1\] is None"),
     ],
 )
 def test_unusable_datasets_are_rejected(dataset, message):
@@ -80,3 +83,50 @@ def test_a_stage_where_nothing_gets_a_reward_fails_clearly(make_model, tokenizer
     )
     with pytest.raises(RuntimeError, match="stage 0 kept no candidate"):
         trainer.train()
+
+
+def test_a_reward_function_returning_non_numbers_is_named(make_model, tokenizer, prompts, make_args):
+    def wordy_reward(completions, **kwargs):
+        return ["good"] * len(completions)
+
+    trainer = RAFTTrainer(
+        make_model(), wordy_reward, args=make_args(), train_dataset=prompts, processing_class=tokenizer
+    )
+    with pytest.raises(
+        ValueError, match=r"'wordy_reward' returned 16 values \['good', 'good', 'good', 'good', \.\.\.\]"
+    ):
+        trainer.train()
+
+
+def test_candidates_without_reward_are_never_kept_and_training_goes_on(make_model, tokenizer, prompts, make_args):
+    def patchy_reward(prompts, completions, **kwargs):  # None: no reward; one prompt never gets any
+        return [
+            None if prompt == "tell me a word" or len(text.split()) % 2 else 1.0 + len(text) / 100
+            for prompt, text in zip(prompts, completions)
+        ]
+
+    args = make_args(num_stages=3, num_generations=3, max_completion_length=6)
+    trainer = RAFTTrainer(
+        make_model(), patchy_reward, args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    trainer.train()
+    records = [record for record in trainer.state.log_history if "stage" in record]
+    assert len(records) == 3 and trainer.state.global_step == 3
+    for stage, record in enumerate(records):
+        rows = load_dataset("json", data_files=str(stage_file_path(args.output_dir, stage)), split="train")
+        assert not any(kept and reward is None for kept, reward in zip(rows["selected"], rows["reward"]))
+        groups = [rows[i : i + 3] for i in range(0, len(rows), 3)]
+        assert record["num_kept"] == sum(any(r is not None for r in group["reward"]) for group in groups)
+        assert record["num_without_reward"] == rows["reward"].count(None)
+    assert all(0 < record["num_kept"] < 4 for record in records)  # a prompt was skipped each stage; training went on
+
+
+def test_same_seed_same_stage_files(make_model, tokenizer, prompts, make_args, tmp_path):
+    contents = []
+    for run in ("a", "b"):
+        args = make_args(num_stages=2, output_dir=str(tmp_path / run))
+        RAFTTrainer(
+            make_model(seed=0), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer
+        ).train()
+        contents.append([(tmp_path / run / "stages" / f"stage_00{t}.jsonl").read_bytes() for t in range(2)])
+    assert contents[0] == contents[1]
