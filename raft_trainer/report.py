@@ -10,6 +10,7 @@ from datasets import Dataset
 from .evaluation import evaluate_policy
 from .files import atomic_path
 from .raft_trainer import RAFTTrainer
+from .run_log import plot_reward_curve, stage_records
 
 
 def train_and_report(
@@ -37,34 +38,3 @@ def train_and_report(
             json.dump(summary, file, indent=2)
         plot_reward_curve(summary["stages"], os.path.join(output_dir, "reward_curve.png"))
     return summary
-
-
-def stage_records(trainer: RAFTTrainer) -> list[dict]:
-    """The per-stage log records of a finished run, with the Trainer's bookkeeping keys left out."""
-    bookkeeping = {"epoch", "step", "grad_norm", "learning_rate"}
-    return [
-        {key: value for key, value in record.items() if key not in bookkeeping}
-        for record in trainer.state.log_history
-        if "stage" in record
-    ]
-
-
-def plot_reward_curve(stages: list[dict], path: str) -> None:
-    """Mean reward of the policy and of the kept best-of-K set per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    numbers = [record["stage"] for record in stages]
-    axes.plot(numbers, [record["reward_mean"] for record in stages], marker="o", label="policy (all candidates)")
-    axes.plot(numbers, [record["reward_kept_mean"] for record in stages], marker="s", label="kept (best of K)")
-    axes.set_xlabel("stage")
-    axes.set_ylabel("mean reward")
-    axes.set_title("RAFT reward per stage")
-    axes.legend()
-    figure.tight_layout()
-    with atomic_path(path) as partial:
-        figure.savefig(partial, format="png", dpi=120)
-    plt.close(figure)

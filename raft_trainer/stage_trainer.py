@@ -22,6 +22,7 @@ from transformers import Trainer
 
 from . import ranking
 from .files import atomic_path
+from .model_card import write_model_card
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 
@@ -275,6 +276,17 @@ class StageTrainer(Trainer):
         logs = {**self._stage_metrics, **logs}
         self._stage_metrics = {}
         super().log(logs, start_time)
+
+    def create_model_card(self, model_name: str | None = None, tags: str | list[str] | None = None, **kwargs) -> None:
+        """Write the RAFT model card (README.md) in `output_dir`; `push_to_hub` uploads it with the model."""
+        if not self.is_world_process_zero():
+            return
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        base_model = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        if base_model is not None and os.path.isdir(base_model):
+            base_model = None  # a local path means nothing on the Hub
+        name = model_name or os.path.basename(os.path.abspath(self.args.output_dir))
+        write_model_card(self, base_model, name, ["raft", "reward-ranked-finetuning", *tags])
 
     # ----------------------------------------------------------------------------------------------------------------
     # What a subclass provides

@@ -329,3 +329,33 @@ def test_checkpoints_and_gradient_checkpointing_work_through_the_trainer(make_mo
     checkpoints = sorted(p.name for p in (Path(args.output_dir)).iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     assert trainer.model.is_gradient_checkpointing
+
+
+def test_model_card_names_raft_the_paper_the_rewards_the_hyperparameters_and_the_curve(
+    make_model, tokenizer, prompts, make_args
+):
+    from huggingface_hub import ModelCard
+
+    def length_reward(completion_ids, **kwargs):
+        return [float(len(ids)) for ids in completion_ids]
+
+    args = make_args(num_stages=2, reward_weights=[1.0, 0.5])
+    trainer = RAFTTrainer(
+        make_model(), [share_of_apple, length_reward], args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.create_model_card(model_name="apple-raft")  # what push_to_hub calls, here without the network
+
+    card = ModelCard.load(Path(args.output_dir) / "README.md")
+    assert {"raft", "reward-ranked-finetuning"} <= set(card.data.tags)
+    assert card.text.lstrip().startswith("# apple-raft")
+    assert (
+        "**RAFT**" in card.text and "arxiv.org/abs/2304.06767" in card.text and "eprint  = {2304.06767}" in card.text
+    )
+    assert "`share_of_apple` (weight 1)" in card.text and "`length_reward` (weight 0.5)" in card.text
+    assert "| `num_generations` | 4 |" in card.text and "| `ranking` | local |" in card.text
+    assert "| `learning_rate` | 0.005 |" in card.text
+    stages = [record for record in trainer.state.log_history if "stage" in record]
+    for record in stages:
+        assert f"| {record['stage']} | {record['reward_mean']:.4f} | {record['reward_kept_mean']:.4f} |" in card.text
+    assert (Path(args.output_dir) / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"

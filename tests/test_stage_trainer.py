@@ -106,9 +106,7 @@ def test_candidates_without_reward_are_never_kept_and_training_goes_on(make_mode
         ]
 
     args = make_args(num_stages=3, num_generations=3, max_completion_length=6)
-    trainer = RAFTTrainer(
-        make_model(), patchy_reward, args=args, train_dataset=prompts, processing_class=tokenizer
-    )
+    trainer = RAFTTrainer(make_model(), patchy_reward, args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
     records = [record for record in trainer.state.log_history if "stage" in record]
     assert len(records) == 3 and trainer.state.global_step == 3
