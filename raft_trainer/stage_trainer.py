@@ -33,11 +33,13 @@ def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -
     """The dataset rows stage `stage` draws: positions [stage * count, (stage + 1) * count) of an endless stream that
     walks the dataset in a fresh random order on every pass. A pure function of the stage, so a resumed run draws
     exactly the prompts the interrupted one would have."""
+    orders = {}  # one shuffled order per pass over the dataset that the stage touches
     indices = []
     for position in range(stage * count, (stage + 1) * count):
         dataset_pass, offset = divmod(position, dataset_size)
-        order = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
-        indices.append(int(order[offset]))
+        if dataset_pass not in orders:
+            orders[dataset_pass] = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
+        indices.append(int(orders[dataset_pass][offset]))
     return indices
 
 
