@@ -3,6 +3,7 @@
     raft-train                                   # the miniature HH world, offline, a few minutes on a CPU
     raft-train --model_name_or_path ... --reward_model_name_or_path ... --dataset_name ...
     raft-train --config run.yaml --num_stages 8  # YAML values, flags override them
+    raft-train --phase generate --stage 0 ...    # one phase of one stage, one model loaded (see phases.py)
 
 Every `RAFTConfig` field is a flag (`raft-train --help` lists them).
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset, load_dataset
 from trl import TrlParser
 
+from .phases import finetune_phase, generate_phase, score_phase
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
 from .report import train_and_report
@@ -56,6 +58,14 @@ class ScriptArguments:
     toy_num_pairs: int = field(
         default=4000, metadata={"help": "Miniature world: preference pairs (and SFT examples) it generates."}
     )
+    phase: str = field(
+        default="all",
+        metadata={
+            "help": "'all' runs RAFT whole; 'generate', 'score' or 'finetune' runs that phase of --stage alone.",
+            "choices": ["all", "generate", "score", "finetune"],
+        },
+    )
+    stage: int = field(default=0, metadata={"help": "The stage a --phase other than 'all' works on."})
     cache_dir: str = field(
         default=os.path.join("~", ".cache", "raft-trainer"),
         metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
@@ -72,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConf
         return parser.parse_args_and_config(argv)
 
     script_args, args = parse({"output_dir": "runs/raft"})
-    if script_args.model_name_or_path is None:
+    if script_args.model_name_or_path is None and script_args.phase == "all":
         script_args, args = parse(TOY_DEFAULTS)
     return script_args, args
 
@@ -85,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), run RAFT with its evaluation and report; returns the summary."""
     script_args, args = parse_args(argv)
+    if script_args.phase != "all":
+        path = run_phase(script_args, args)
+        print(f"Wrote {path}")
+        return {"path": path}
     if script_args.model_name_or_path is None:
         world = make_world(seed=args.seed, num_pairs=script_args.toy_num_pairs, num_eval=script_args.num_eval_prompts)
         models = prepare_models(
@@ -113,6 +127,24 @@ def run(argv: list[str] | None = None) -> dict:
         print_evaluation(summary["eval"])
         print(f"Wrote {args.output_dir}/summary.json, reward_curve.png, the model and stages/.")
     return summary
+
+
+def run_phase(script_args: ScriptArguments, args: RAFTConfig) -> str:
+    """Run one phase of one stage (`--phase`, `--stage`); returns the path of what it wrote."""
+    needs = {
+        "generate": ["model_name_or_path", "dataset_name"],
+        "score": ["reward_model_name_or_path"],
+        "finetune": ["model_name_or_path"],
+    }[script_args.phase]
+    missing = [f"--{name}" for name in needs if getattr(script_args, name) is None]
+    if missing:
+        raise ValueError(f"--phase {script_args.phase} needs {' and '.join(missing)}.")
+    if script_args.phase == "generate":
+        train_prompts = load_prompts(script_args)[0]
+        return generate_phase(script_args.model_name_or_path, args, train_prompts, script_args.stage)
+    if script_args.phase == "score":
+        return score_phase(script_args.reward_model_name_or_path, args, script_args.stage)
+    return finetune_phase(script_args.model_name_or_path, args, script_args.stage)
 
 
 def load_prompts(script_args: ScriptArguments) -> tuple[Dataset, Dataset, Dataset | None]:

@@ -26,7 +26,7 @@ from .files import atomic_path
 from .images import save_image_grid
 from .rewards import as_reward_functions
 from .stage_config import with_torch_dtypes
-from .stage_trainer import Candidates, StageTrainer, validate_prompt_dataset
+from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name `load_lora_weights` looks for
@@ -127,7 +127,7 @@ class DiffusionRAFTTrainer(StageTrainer):
                     output_type="pil",
                 ).images
         unet.train(was_training)
-        return {"image": images}
+        return {"image": images, "group": each_prompt_repeated(len(prompts), per_prompt)}
 
     def reward_inputs(self, candidates: Candidates) -> dict:
         return {"images": candidates["image"]}

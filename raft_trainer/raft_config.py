@@ -29,6 +29,10 @@ class RAFTConfig(StageConfig):
             (paper Eq. 5), p_ref being the frozen initial model. With `0` no reference model is loaded.
         epochs_per_stage (`int`, *optional*, defaults to `2`):
             SFT passes over each stage's kept set.
+        candidate_source (`str`, *optional*, defaults to `"model"`):
+            Where a stage's candidates come from: `"model"` samples them; `"dataset"` ranks the completions of the
+            trainer's `candidate_dataset` instead (expert or human responses; prompts it lacks are dropped);
+            `"both"` ranks those completions together with the model's samples (paper section 4.3).
         model_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is given as a string (a dict,
             or JSON text on the command line: `'{"dtype": "bfloat16"}'`).
@@ -46,6 +50,13 @@ class RAFTConfig(StageConfig):
         metadata={"help": "KL coefficient: rank by r - beta*(log p - log p_ref); 0 loads no reference model."},
     )
     epochs_per_stage: int = field(default=2, metadata={"help": "SFT passes over each stage's kept set."})
+    candidate_source: str = field(
+        default="model",
+        metadata={
+            "help": "Candidates from 'model' samples, the trainer's candidate_dataset ('dataset'), or 'both'.",
+            "choices": ["model", "dataset", "both"],
+        },
+    )
     model_init_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "from_pretrained kwargs when the model is given by name (a dict, or JSON text)."},
@@ -65,5 +76,9 @@ class RAFTConfig(StageConfig):
         )
         require(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); 0 disables the KL penalty.")
         require(self.epochs_per_stage >= 1, f"epochs_per_stage must be >= 1 (got {self.epochs_per_stage}).")
+        require(
+            self.candidate_source in ("model", "dataset", "both"),
+            f"candidate_source must be 'model', 'dataset' or 'both' (got {self.candidate_source!r}).",
+        )
         self.model_init_kwargs = keyword_arguments(self.model_init_kwargs, "model_init_kwargs")
         super().__post_init__()

@@ -19,12 +19,13 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
+from .candidate_dataset import completions_by_prompt, prompt_key
 from .memory import visiting
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
 from .sequences import completion_token_log_probs, generate_completions, sft_example
-from .stage_trainer import Candidates, StageTrainer, validate_prompt_dataset
+from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class RAFTTrainer(StageTrainer):
             candidates; the policy learns from its ranked samples (paper section 4.3: GPT-Neo-2.7B learning from
             LLaMA-7B's best of 32). Its completions are re-tokenized with the policy's tokenizer.
         candidate_processing_class: the candidate model's tokenizer (loaded from its path when omitted).
+        candidate_dataset (`datasets.Dataset`, *optional*): completions to rank with or instead of the model's
+            samples (`args.candidate_source`), in `prompt` and `completion` columns (text, or chat messages with the
+            completion as one assistant message); rows are matched to the training prompts by the prompt, and a
+            prompt may have any number of them. They are trained on whole, ending with the end-of-sequence token.
         prompt_for_generation (`Callable`, *optional*): maps a dataset prompt to the prompt candidates are generated
             from (prompt engineering: generate from x~, train on x); the policy is still trained on the original.
     """
@@ -71,6 +76,7 @@ class RAFTTrainer(StageTrainer):
         candidate_model: str | PreTrainedModel | None = None,
         candidate_processing_class=None,
         prompt_for_generation: Callable | None = None,
+        candidate_dataset: Dataset | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
@@ -84,7 +90,20 @@ class RAFTTrainer(StageTrainer):
             processing_class.pad_token = processing_class.eos_token
         if prompt_for_generation is not None and not callable(prompt_for_generation):
             raise ValueError(f"prompt_for_generation must be a callable (got {type(prompt_for_generation).__name__}).")
+        if (candidate_dataset is None) != (args.candidate_source == "model"):
+            raise ValueError(
+                f"candidate_source={args.candidate_source!r} with candidate_dataset "
+                f"{'missing' if candidate_dataset is None else 'given'}: pass a candidate_dataset with "
+                "candidate_source 'dataset' or 'both', and none with 'model'."
+            )
         train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
+        dataset_completions = None
+        if candidate_dataset is not None:
+            dataset_completions = completions_by_prompt(candidate_dataset, train_dataset)
+            if args.candidate_source == "dataset":  # a prompt without completions would have nothing to rank
+                train_dataset, self.prompt_ids = prompts_with_completions(
+                    train_dataset, self.prompt_ids, dataset_completions
+                )
 
         model_init_kwargs = args.model_init_kwargs or {}
         if model_id is not None:
@@ -104,6 +123,17 @@ class RAFTTrainer(StageTrainer):
             self.ref_model.eval().requires_grad_(False)
 
         self.eos_token_ids = candidate_generation_config(model, processing_class, args).eos_token_id
+        # Each training prompt's dataset completions as (text, policy token ids); complete answers, so they end
+        # with the end-of-sequence token as a finished sample does.
+        self.dataset_candidates = None
+        if dataset_completions is not None:
+            self.dataset_candidates = [
+                [
+                    (text, processing_class(text, add_special_tokens=False)["input_ids"] + [self.eos_token_ids[0]])
+                    for text in dataset_completions.get(prompt_key(prompt), [])
+                ]
+                for prompt in train_dataset["prompt"]
+            ]
 
         # What generates the candidates, from which prompt tokens: the policy from the dataset's prompts, unless a
         # candidate model or a generation prompt is given.
@@ -148,6 +178,22 @@ class RAFTTrainer(StageTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
+        candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "group": []}
+        if self.args.candidate_source != "dataset":
+            candidates = self.sampled_candidates(prompt_indices)
+        if self.dataset_candidates is not None:
+            candidates["source"] = ["model"] * len(candidates["group"])
+            for position, index in enumerate(prompt_indices):
+                for text, completion_ids in self.dataset_candidates[index]:
+                    candidates["prompt_ids"].append(self.prompt_ids[index])
+                    candidates["completion_ids"].append(completion_ids)
+                    candidates["completion"].append(text)
+                    candidates["group"].append(position)
+                    candidates["source"].append("dataset")
+        return candidates
+
+    def sampled_candidates(self, prompt_indices: list[int]) -> Candidates:
+        """`generations_per_prompt` completions of each prompt, sampled by the policy or the candidate model."""
         per_prompt = self.args.generations_per_prompt
         prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
         generation_prompt_ids = [self.generation_prompt_ids[i] for i in prompt_indices]
@@ -164,6 +210,7 @@ class RAFTTrainer(StageTrainer):
             "prompt_ids": [ids for ids in prompt_ids for _ in range(per_prompt)],
             "completion_ids": completion_ids,
             "completion": completions,
+            "group": each_prompt_repeated(len(prompt_indices), per_prompt),
         }
 
     def sample(self, model: PreTrainedModel, prompt_ids: list[list[int]]) -> list[list[int]]:
@@ -250,6 +297,8 @@ class RAFTTrainer(StageTrainer):
     def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
         columns = {name: candidates[name] for name in ("prompt_index", "prompt", "completion")}
         columns["completion_length"] = [len(ids) for ids in candidates["completion_ids"]]
+        if "source" in candidates:
+            columns["source"] = candidates["source"]
         if self.args.beta > 0:
             columns.update({name: candidates[name] for name in ("log_prob", "ref_log_prob", "score")})
         return columns
@@ -261,6 +310,9 @@ class RAFTTrainer(StageTrainer):
             "kept_distinct_1": distinct_n(kept_texts, 1),
             "kept_distinct_2": distinct_n(kept_texts, 2),
         }
+        if "source" in candidates:
+            from_dataset = [source == "dataset" for source, is_kept in zip(candidates["source"], kept) if is_kept]
+            metrics["kept_from_dataset"] = sum(from_dataset) / len(from_dataset)
         if self.args.beta > 0:
             kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
             metrics["kl_mean"] = kl.mean().item()
@@ -295,6 +347,20 @@ def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None)
             "max_prompt_length or set it to None."
         )
     return dataset.select(short), [prompt_ids[i] for i in short]
+
+
+def prompts_with_completions(
+    dataset: Dataset, prompt_ids: list[list[int]], completions: dict[str, list[str]]
+) -> tuple[Dataset, list[list[int]]]:
+    """The prompts of `dataset` (and their token ids) that have completions in `completions`."""
+    matched = [i for i, prompt in enumerate(dataset["prompt"]) if prompt_key(prompt) in completions]
+    if len(matched) < len(dataset):
+        logger.warning(
+            "candidate_source='dataset': dropped %d of %d prompts that candidate_dataset has no completion for.",
+            len(dataset) - len(matched),
+            len(dataset),
+        )
+    return dataset.select(matched), [prompt_ids[i] for i in matched]
 
 
 def completion_reward_inputs(candidates: Candidates) -> dict:

@@ -14,13 +14,18 @@ def kl_penalized_scores(
     return rewards - beta * (log_probs - ref_log_probs)
 
 
-def best_per_prompt(scores: torch.Tensor) -> torch.Tensor:
-    """Local ranking. `scores` is [num_prompts, K]; returns a bool mask of the same shape with the highest score of
-    each prompt marked (the first one on ties)."""
+def best_per_group(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Local ranking. `scores` and `groups` are [N], `groups` holding each candidate's prompt (any integer ids, any
+    number of candidates each); returns a bool mask marking the highest score of each group (the earliest candidate
+    on ties)."""
     valid = ~torch.isnan(scores)
-    best = torch.where(valid, scores, -torch.inf).argmax(dim=1)
+    by_score = torch.sort(torch.where(valid, scores, -torch.inf), descending=True, stable=True).indices
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]  # by group, best first within each
+    sorted_groups = groups[order]
+    first_of_group = torch.ones_like(sorted_groups, dtype=torch.bool)
+    first_of_group[1:] = sorted_groups[1:] != sorted_groups[:-1]
     kept = torch.zeros_like(scores, dtype=torch.bool)
-    kept[torch.arange(scores.shape[0]), best] = True
+    kept[order[first_of_group]] = True
     return kept & valid
 
 
@@ -34,8 +39,9 @@ def top_of_pool(scores: torch.Tensor, num_kept: int) -> torch.Tensor:
     return kept & valid
 
 
-def select(scores: torch.Tensor, ranking: str, num_generations: int, num_kept: int) -> torch.Tensor:
-    """The kept mask [N] for a stage's flat scores: local ranking groups them by prompt, `num_generations` each."""
+def select(scores: torch.Tensor, ranking: str, groups: torch.Tensor, num_kept: int) -> torch.Tensor:
+    """The kept mask [N] of a stage's flat scores: the best of each prompt's group (local ranking) or the `num_kept`
+    best of the pool (global ranking)."""
     if ranking == "local":
-        return best_per_prompt(scores.view(-1, num_generations)).view(-1)
+        return best_per_group(scores, groups)
     return top_of_pool(scores, num_kept)

@@ -34,7 +34,7 @@ from .rewards import RewardFunction, reward_function_name
 from .sample_table import report_sample_table
 from .stage_config import StageConfig
 
-Candidates = dict[str, list]  # per-candidate columns, prompt-major: prompt i's candidates are contiguous
+Candidates = dict[str, list]  # per-candidate columns; `group` says which of the stage's prompts each belongs to
 
 
 def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -> list[int]:
@@ -49,6 +49,11 @@ def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -
             orders[dataset_pass] = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
         indices.append(int(orders[dataset_pass][offset]))
     return indices
+
+
+def each_prompt_repeated(num_prompts: int, per_prompt: int) -> list[int]:
+    """The `group` column of `per_prompt` candidates for each of `num_prompts` prompts, prompt-major."""
+    return [prompt for prompt in range(num_prompts) for _ in range(per_prompt)]
 
 
 def stage_file_path(output_dir: str, stage: int) -> str:
@@ -89,6 +94,33 @@ def validate_prompt_dataset(dataset) -> None:
                 f"train_dataset['prompt'][{index}] is {prompt!r:.80}: every prompt must be text, or every prompt a "
                 "list of chat messages ({'role': ..., 'content': ...})."
             )
+
+
+def score_candidates(
+    reward_funcs: list[RewardFunction], weights: torch.Tensor, kwargs: dict, device, offload: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each candidate's reward [N] (the weighted sum over reward functions) and the per-function rewards [N, F];
+    every function is called with `kwargs` (TRL's keywords, one list entry per candidate).
+
+    As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate no
+    function rewards gets NaN (no reward). With `offload`, a reward model visits `device` only while it scores.
+    """
+    num_candidates = len(kwargs["prompts"])
+    rewards_per_func = torch.full((num_candidates, len(reward_funcs)), torch.nan, dtype=torch.float64)
+    for column, function in enumerate(reward_funcs):
+        with visiting(function, device, offload):
+            values = list(function(**kwargs))
+        if len(values) != num_candidates or not all(_is_number_or_none(v) for v in values):
+            raise ValueError(
+                f"reward function {reward_function_name(function)!r} returned {_describe(values)}; expected a list "
+                f"of {num_candidates} floats (one per candidate, None for no reward)."
+            )
+        rewards_per_func[:, column] = torch.tensor(
+            [torch.nan if v is None else float(v) for v in values], dtype=torch.float64
+        )
+    rewards = (rewards_per_func * weights).nansum(dim=1)
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards, rewards_per_func
 
 
 class StageBatches(IterableDataset):
@@ -171,22 +203,27 @@ class StageTrainer(Trainer):
     def run_stage(self, stage: int) -> list[dict]:
         """Generate, score and rank one stage's candidates, write its stage file, return the kept training examples.
 
-        With several processes each generates and scores its own share of the stage's prompts (all K candidates of
-        a prompt on one process); the pool is then gathered so that every process ranks the whole of it alike.
+        With several processes each generates and scores its own share of the stage's prompts (all the candidates
+        of a prompt on one process); the pool is then gathered so that every process ranks the whole of it alike.
         """
         args = self.args
         stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
-        prompt_indices = self.process_share(stage_indices)
+        positions = self.process_share(range(len(stage_indices)))  # this process's places in the stage's draw
+        prompt_indices = [stage_indices[position] for position in positions]
         rows = self.train_dataset.select(prompt_indices)
         prompts = list(rows["prompt"])
         memory = {}
         with self.phase_memory.phase("generate", memory):
             candidates = self.generate(prompt_indices, prompts)
         clear_device_cache()  # generation's caches are not needed any more
-        candidates["prompt_index"] = self._per_candidate(prompt_indices)
-        candidates["prompt"] = self._per_candidate(prompts)
+        prompt_of = candidates["group"]
+        # A group is one draw of a prompt: the place in the stage's draw, unique across processes even when the
+        # stage draws a prompt twice.
+        candidates["group"] = [positions[i] for i in prompt_of]
+        candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
+        candidates["prompt"] = [prompts[i] for i in prompt_of]
 
-        columns = {name: self._per_candidate(list(rows[name])) for name in rows.column_names if name != "prompt"}
+        columns = {name: [values[i] for i in prompt_of] for name, values in rows.to_dict().items() if name != "prompt"}
         kept_by_filter = self.apply_sample_filter(candidates, columns)
         with self.phase_memory.phase("score", memory):
             rewards, rewards_per_func = self.score(candidates, columns)
@@ -197,7 +234,7 @@ class StageTrainer(Trainer):
         rewards, rewards_per_func, kept_by_filter, scores = (
             torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func, kept_by_filter, scores)
         )
-        kept = ranking.select(scores, args.ranking, args.generations_per_prompt, args.prompts_per_stage)
+        kept = ranking.select(scores, args.ranking, torch.tensor(candidates["group"]), args.prompts_per_stage)
         if not kept.any():
             raise RuntimeError(
                 f"stage {stage} kept no candidate: every candidate was filtered out or got no reward (None/NaN) "
@@ -249,18 +286,15 @@ class StageTrainer(Trainer):
 
     def stage_rows(self, stage, candidates, rewards, rewards_per_func, kept_by_filter, kept) -> dict[str, list]:
         """The stage file's columns: one row per candidate, what it is, its reward(s) and whether it was kept."""
-        rows = {"stage": [stage] * len(rewards), **self.stage_file_columns(candidates)}
-        rows["reward"] = _nan_to_none(rewards)
-        if len(self.reward_funcs) > 1:
-            for name, column in zip(self.reward_names, rewards_per_func.T):
-                rows[f"reward_{name}"] = _nan_to_none(column)
+        rows = {
+            "stage": [stage] * len(rewards),
+            **self.stage_file_columns(candidates),
+            **reward_columns(rewards, rewards_per_func, self.reward_names),
+        }
         if self.sample_filter is not None:
             rows["filtered"] = (~kept_by_filter).tolist()
         rows["selected"] = kept.tolist()
         return rows
-
-    def _per_candidate(self, values: list) -> list:
-        return [value for value in values for _ in range(self.args.generations_per_prompt)]
 
     def reward_kwargs(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The keywords every reward function (and the sample filter) is called with, in TRL's convention;
@@ -289,28 +323,14 @@ class StageTrainer(Trainer):
         return torch.tensor([verdict is not False and verdict is not None for verdict in verdicts])
 
     def score(self, candidates: Candidates, columns: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each candidate's reward [N] (the weighted sum over reward functions) and the per-function rewards [N, F].
-
-        As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate
-        no function rewards gets NaN (no reward).
-        """
-        kwargs = self.reward_kwargs(candidates, columns)
-        num_candidates = len(candidates["prompt"])
-        rewards_per_func = torch.full((num_candidates, len(self.reward_funcs)), torch.nan, dtype=torch.float64)
-        for column, (function, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
-            with visiting(function, self.accelerator.device, self.args.offload_inactive_models):
-                values = list(function(**kwargs))
-            if len(values) != num_candidates or not all(_is_number_or_none(v) for v in values):
-                raise ValueError(
-                    f"reward function {name!r} returned {_describe(values)}; expected a list of {num_candidates} "
-                    "floats (one per candidate, None for no reward)."
-                )
-            rewards_per_func[:, column] = torch.tensor(
-                [torch.nan if v is None else float(v) for v in values], dtype=torch.float64
-            )
-        rewards = (rewards_per_func * self.reward_weights).nansum(dim=1)
-        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        return rewards, rewards_per_func
+        """Each candidate's reward [N] and the per-function rewards [N, F] (see `score_candidates`)."""
+        return score_candidates(
+            self.reward_funcs,
+            self.reward_weights,
+            self.reward_kwargs(candidates, columns),
+            self.accelerator.device,
+            self.args.offload_inactive_models,
+        )
 
     def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
         """The score candidates are ranked by: the reward, unless a subclass penalises it."""
@@ -428,7 +448,8 @@ class StageTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
-        """Generate `generations_per_prompt` candidates per prompt, prompt-major, as per-candidate columns."""
+        """The candidates of `prompts` (`generations_per_prompt` each, or more), as per-candidate columns, with a
+        `group` column: the position in `prompts` of each candidate's prompt (see `each_prompt_repeated`)."""
         raise NotImplementedError
 
     def reward_inputs(self, candidates: Candidates) -> dict:
@@ -456,6 +477,15 @@ class StageTrainer(Trainer):
         raise ValueError(
             f"sample_filter returned a replacement ({replacement!r}) that {type(self).__name__} cannot use."
         )
+
+
+def reward_columns(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> dict[str, list]:
+    """A stage file's reward columns: `reward`, and `reward_<name>` per function when there are several."""
+    columns = {"reward": _nan_to_none(rewards)}
+    if len(names) > 1:
+        for name, column in zip(names, rewards_per_func.T):
+            columns[f"reward_{name}"] = _nan_to_none(column)
+    return columns
 
 
 def _nan_to_none(values: torch.Tensor) -> list:

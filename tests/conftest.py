@@ -8,6 +8,21 @@ from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
 WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon".split()
 PROMPT_WORDS = ["say", "something", "tell", "me", "a", "word", "please", "user", "Assistant", ":"]
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}Assistant : {% endif %}"
+)
+# Settings under which a random tiny model learns `share_of_apple` within a few stages.
+LEARNING_PROMPTS = ["say something", "tell me a word", "say a word please", "tell me"] * 4
+LEARNING_RUN = dict(
+    num_stages=4,
+    prompts_per_stage=16,
+    num_generations=8,
+    max_completion_length=16,
+    epochs_per_stage=4,
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+)
 
 
 @pytest.fixture
@@ -32,6 +47,22 @@ def prompts():
             "topic": list("abcd"),
         }
     )
+
+
+@pytest.fixture
+def local_files(tmp_path, tokenizer, make_model):
+    """A tiny policy, a tiny reward model (each with the tokenizer) and a prompt dataset folder, on disk; returns
+    their paths and the dataset folder's `train.jsonl` prompts."""
+    from raft_trainer.toy.tiny import tiny_reward_model
+
+    make_model().save_pretrained(tmp_path / "policy")
+    tiny_reward_model(tokenizer).save_pretrained(tmp_path / "reward")
+    for path in ("policy", "reward"):
+        tokenizer.save_pretrained(tmp_path / path)
+    data = tmp_path / "data"
+    data.mkdir()
+    prompts = ["say something", "tell me a word", "say a word please", "tell me something"]
+    return str(tmp_path / "policy"), str(tmp_path / "reward"), data, prompts
 
 
 @pytest.fixture

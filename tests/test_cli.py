@@ -73,24 +73,16 @@ def test_toy_defaults_apply_only_without_a_model(tmp_path):
     assert (args.output_dir, args.num_stages, args.learning_rate) == ("runs/raft", 4, 2e-5)  # RAFTConfig's own
 
 
-def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, tokenizer, make_model):
-    from raft_trainer.toy.tiny import tiny_reward_model
-
-    make_model().save_pretrained(tmp_path / "policy")
-    tiny_reward_model(tokenizer).save_pretrained(tmp_path / "reward")
-    for path in ("policy", "reward"):
-        tokenizer.save_pretrained(tmp_path / path)
-    data = tmp_path / "data"
-    data.mkdir()
-    prompts = ["say something", "tell me a word", "say a word please", "tell me something"]
+def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, local_files):
+    policy, reward, data, prompts = local_files
     (data / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " dog"}) for p in prompts * 3))
     (data / "test.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " apple"}) for p in prompts))
     summary = cli.run(
         [
             "--model_name_or_path",
-            str(tmp_path / "policy"),
+            policy,
             "--reward_model_name_or_path",
-            str(tmp_path / "reward"),
+            reward,
             "--dataset_name",
             str(data),
             "--output_dir",

@@ -14,7 +14,7 @@ from raft_trainer import RAFTTrainer, reference
 from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices
 from raft_trainer.toy.tiny import tiny_causal_lm, tiny_reward_model, word_tokenizer
 
-from .conftest import NO_DROPOUT, PROMPT_WORDS, WORDS, share_of_apple
+from .conftest import CHAT_TEMPLATE, LEARNING_PROMPTS, LEARNING_RUN, NO_DROPOUT, PROMPT_WORDS, WORDS, share_of_apple
 
 
 def read_stage(args, stage: int) -> Dataset:
@@ -77,16 +77,8 @@ def test_selection_and_sft_loss_equal_the_reference(make_model, tokenizer, promp
 
 
 def test_reward_rises_over_stages(make_model, tokenizer, make_args):
-    prompts = Dataset.from_dict({"prompt": ["say something", "tell me a word", "say a word please", "tell me"] * 4})
-    args = make_args(
-        num_stages=4,
-        prompts_per_stage=16,
-        num_generations=8,
-        max_completion_length=16,
-        epochs_per_stage=4,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-    )
+    prompts = Dataset.from_dict({"prompt": LEARNING_PROMPTS})
+    args = make_args(**LEARNING_RUN)
     trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train()
     stages = [record for record in trainer.state.log_history if "stage" in record]
@@ -208,10 +200,7 @@ def test_reward_functions_get_trl_keywords_and_trl_rewards_work(make_model, toke
 
 
 def test_chat_prompts_are_rendered_with_the_chat_template(make_model, tokenizer, make_args):
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}Assistant : {% endif %}"
-    )
+    tokenizer.chat_template = CHAT_TEMPLATE
     chats = Dataset.from_dict({"prompt": [[{"role": "user", "content": "say something"}]] * 2})
     seen = []
 

@@ -1,0 +1,171 @@
+"""RAFT's three phases run apart, each loading one model, for runs too large for one process to hold them all:
+
+    generate   the policy samples stage t's candidates          -> stages/candidates_TTT.jsonl
+    score      the reward model(s) score and rank them         -> stages/stage_TTT.jsonl (the trainer's stage file)
+    finetune   the policy is fine-tuned on the kept candidates  -> models/stage_TTT/ (the next stage's policy)
+
+The files are the hand-off, so each phase may run on another machine (`raft-train --phase ...`). A stage draws the
+same prompts as `RAFTTrainer` does, ranks them the same way and trains on the same token ids with the same loss; but
+each fine-tuning phase starts a fresh optimizer and learning-rate schedule (as LMFlow's RAFT does), and candidates are
+ranked by reward alone (the KL-penalised score needs the policy and the reference beside the reward).
+"""
+
+import copy
+import json
+import os
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, set_seed
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from . import ranking
+from .raft_config import RAFTConfig
+from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
+from .rewards import as_reward_functions, reward_function_name
+from .sequences import generate_completions, sft_example
+from .stage_trainer import (
+    each_prompt_repeated,
+    reward_columns,
+    score_candidates,
+    stage_file_path,
+    stage_prompt_indices,
+    validate_prompt_dataset,
+    write_stage_file,
+)
+
+# The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
+CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "prompt_ids", "completion_ids")
+
+
+def candidates_file_path(output_dir: str, stage: int) -> str:
+    return os.path.join(output_dir, "stages", f"candidates_{stage:03d}.jsonl")
+
+
+def stage_model_path(output_dir: str, stage: int) -> str:
+    return os.path.join(output_dir, "models", f"stage_{stage:03d}")
+
+
+def generate_phase(
+    model: str | PreTrainedModel, args: RAFTConfig, train_dataset: Dataset, stage: int, processing_class=None
+) -> str:
+    """Sample stage `stage`'s candidates from `model` and write them to `stages/candidates_TTT.jsonl`; returns its
+    path. The stage draws the prompts `RAFTTrainer` would; sampling is seeded by (`args.seed`, `stage`)."""
+    validate_prompt_dataset(train_dataset)
+    clashes = (set(CANDIDATE_COLUMNS) - {"prompt"}) & set(train_dataset.column_names)
+    if clashes:
+        raise ValueError(
+            f"train_dataset has columns {sorted(clashes)}, which the candidates file uses itself: rename them with "
+            "dataset.rename_column(old, new)."
+        )
+    model, tokenizer = load_policy(model, processing_class, args)
+    train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
+    drawn = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(train_dataset), args.seed)
+    set_seed(int(np.random.SeedSequence([args.seed, stage]).generate_state(1)[0]))
+    completion_ids = generate_completions(
+        model.to(args.device),
+        [prompt_ids[i] for i in drawn],
+        candidate_generation_config(model, tokenizer, args),
+        args.generations_per_prompt,
+        args.generation_batch_size,
+        show_progress=not args.disable_tqdm,
+    )
+    groups = each_prompt_repeated(len(drawn), args.generations_per_prompt)
+    prompt_rows = train_dataset.select(drawn).to_dict()
+    columns = {
+        "stage": [stage] * len(groups),
+        "group": groups,
+        "prompt_index": [drawn[group] for group in groups],
+        "prompt": [prompt_rows["prompt"][group] for group in groups],
+        "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        "prompt_ids": [prompt_ids[drawn[group]] for group in groups],
+        "completion_ids": completion_ids,
+        **{name: [values[group] for group in groups] for name, values in prompt_rows.items() if name != "prompt"},
+    }
+    path = candidates_file_path(args.output_dir, stage)
+    write_stage_file(path, columns)
+    return path
+
+
+def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_classes=None) -> str:
+    """Score stage `stage`'s candidates file with `reward_fn` (as `RAFTTrainer` takes it), rank them, and write the
+    stage file `stages/stage_TTT.jsonl` (the trainer's columns, plus the token ids); returns its path."""
+    if args.beta > 0:
+        raise ValueError(
+            f"beta={args.beta}: the score phase ranks by reward alone, since the KL-penalised score needs the policy "
+            "and the reference model too. Set beta=0, or run RAFTTrainer, which holds them all."
+        )
+    columns = read_jsonl(candidates_file_path(args.output_dir, stage), "generate", stage)
+    reward_funcs = as_reward_functions(reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm)
+    if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
+        raise ValueError(
+            f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions: "
+            "give one weight per reward function."
+        )
+    weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
+    kwargs = {
+        "prompts": columns["prompt"],
+        **completion_reward_inputs(columns),
+        **{name: values for name, values in columns.items() if name not in CANDIDATE_COLUMNS},
+        "trainer_state": None,  # no Trainer runs this phase
+    }
+    rewards, rewards_per_func = score_candidates(reward_funcs, weights, kwargs, args.device)
+    kept = ranking.select(rewards, args.ranking, torch.tensor(columns["group"]), args.prompts_per_stage)
+    if not kept.any():
+        raise RuntimeError(f"stage {stage} kept no candidate: none got a reward (None/NaN).")
+    rows = {
+        **columns,
+        "completion_length": [len(ids) for ids in columns["completion_ids"]],
+        **reward_columns(rewards, rewards_per_func, [reward_function_name(f) for f in reward_funcs]),
+        "selected": kept.tolist(),
+    }
+    path = stage_file_path(args.output_dir, stage)
+    write_stage_file(path, rows)
+    return path
+
+
+def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, processing_class=None) -> str:
+    """Fine-tune `model` on the kept candidates of stage `stage`'s stage file for `args.epochs_per_stage` epochs with
+    the SFT loss, and save it (with its tokenizer and `trainer_state.json`) to `models/stage_TTT`; returns that
+    path."""
+    rows = read_jsonl(stage_file_path(args.output_dir, stage), "score", stage)
+    examples = [
+        sft_example(prompt_ids, completion_ids)
+        for prompt_ids, completion_ids, selected in zip(rows["prompt_ids"], rows["completion_ids"], rows["selected"])
+        if selected
+    ]
+    model, tokenizer = load_policy(model, processing_class, args)
+    output_dir = stage_model_path(args.output_dir, stage)
+    phase_args = copy.copy(args)
+    phase_args.num_train_epochs, phase_args.output_dir = args.epochs_per_stage, output_dir
+    trainer = Trainer(
+        model=model,
+        args=phase_args,
+        train_dataset=Dataset.from_list(examples),
+        data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the phase's loss log, beside the model
+    return output_dir
+
+
+def load_policy(model: str | PreTrainedModel, processing_class, args: RAFTConfig):
+    """The policy and its tokenizer (with a pad token), loaded when given by id or path."""
+    if isinstance(model, str):
+        model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+    tokenizer = processing_class or AutoTokenizer.from_pretrained(model.name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def read_jsonl(path: str, previous_phase: str, stage: int) -> dict[str, list]:
+    """The columns of a JSON-lines file a previous phase wrote."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: run `--phase {previous_phase} --stage {stage}` first.")
+    with open(path, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    return {name: [row[name] for row in rows] for name in rows[0]}
