@@ -33,6 +33,21 @@ class RAFTConfig(StageConfig):
             Where a stage's candidates come from: `"model"` samples them; `"dataset"` ranks the completions of the
             trainer's `candidate_dataset` instead (expert or human responses; prompts it lacks are dropped);
             `"both"` ranks those completions together with the model's samples (paper section 4.3).
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Sample the candidates with vLLM (TRL's `VLLMGeneration`, needs `pip install vllm` and a GPU) instead of
+            `transformers`' `generate`; the policy's weights are pushed to vLLM at the start of every stage.
+        vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+            `"colocate"`: vLLM runs in each training process and shares its GPU; `"server"`: requests go to a
+            `trl vllm-serve` server at `vllm_server_base_url`.
+        vllm_server_base_url (`str` or `None`, *optional*, defaults to `None`):
+            The vLLM server's URL in server mode (`None`: `http://0.0.0.0:8000`).
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Share of the GPU's memory vLLM may take in colocate mode.
+        vllm_tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            GPUs that hold one vLLM engine in colocate mode; must divide the number of processes.
+        vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
+            In colocate mode, vLLM frees its weights and cache between stages, so that fine-tuning has the GPU to
+            itself (RAFT's one model at a time); they come back, with the new weights, at the next stage.
         model_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is given as a string (a dict,
             or JSON text on the command line: `'{"dtype": "bfloat16"}'`).
@@ -57,6 +72,26 @@ class RAFTConfig(StageConfig):
             "choices": ["model", "dataset", "both"],
         },
     )
+    use_vllm: bool = field(default=False, metadata={"help": "Sample the candidates with vLLM (needs vllm and a GPU)."})
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate' (vLLM in each process) or 'server' (trl vllm-serve).",
+            "choices": ["colocate", "server"],
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "The vLLM server's URL in server mode (None: http://0.0.0.0:8000)."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Share of the GPU's memory vLLM may take in colocate mode."}
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "GPUs per vLLM engine in colocate mode (must divide the process count)."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "Colocate mode: vLLM frees its weights and cache while the policy trains."}
+    )
     model_init_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "from_pretrained kwargs when the model is given by name (a dict, or JSON text)."},
@@ -79,6 +114,18 @@ class RAFTConfig(StageConfig):
         require(
             self.candidate_source in ("model", "dataset", "both"),
             f"candidate_source must be 'model', 'dataset' or 'both' (got {self.candidate_source!r}).",
+        )
+        require(
+            self.vllm_mode in ("colocate", "server"),
+            f"vllm_mode must be 'colocate' or 'server' (got {self.vllm_mode!r}).",
+        )
+        require(
+            0 < self.vllm_gpu_memory_utilization <= 1,
+            f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization}).",
+        )
+        require(
+            self.vllm_tensor_parallel_size >= 1,
+            f"vllm_tensor_parallel_size must be >= 1 (got {self.vllm_tensor_parallel_size}).",
         )
         self.model_init_kwargs = keyword_arguments(self.model_init_kwargs, "model_init_kwargs")
         super().__post_init__()

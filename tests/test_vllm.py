@@ -1,0 +1,109 @@
+"""The vLLM backend's glue: what RAFTTrainer asks of TRL's `VLLMGeneration`, and when.
+
+vLLM itself needs a GPU, so a stand-in takes `VLLMGeneration`'s place here: these tests check that the trainer builds
+it from the config, pushes the current weights before every stage's sampling, asks for K samples of each drawn
+prompt and uses what comes back, and that it refuses `use_vllm` where it cannot work.
+"""
+
+import pytest
+import torch
+
+import raft_trainer.raft_trainer as raft_trainer_module
+from raft_trainer import RAFTTrainer
+from raft_trainer.stage_trainer import stage_prompt_indices
+
+from .conftest import share_of_apple
+from .test_raft_trainer import read_stage
+
+
+class StandInVLLMGeneration:
+    """Answers like TRL's `VLLMGeneration` in colocate mode (one completion per prompt entry) and records the calls."""
+
+    def __init__(self, model, accelerator, processing_class, **settings):
+        self.model, self.tokenizer, self.settings = model, processing_class, settings
+        self.calls = []
+
+    def sync_weights(self):
+        self.calls.append(("sync", {name: p.detach().clone() for name, p in self.model.named_parameters()}))
+
+    def generate(self, prompts, images, num_generations):
+        self.calls.append(("generate", prompts, num_generations))
+        words = ["apple apple", "dog", "apple fish", "egg"]
+        completions = [
+            self.tokenizer(words[i % 4], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            for i in range(len(prompts))
+        ]
+        return prompts, completions, None, None
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: True)
+    monkeypatch.setattr(raft_trainer_module, "VLLMGeneration", StandInVLLMGeneration)
+
+
+def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_model, tokenizer, prompts, make_args):
+    args = make_args(
+        use_vllm=True,
+        vllm_enable_sleep_mode=True,
+        num_stages=2,
+        prompts_per_stage=2,
+        num_generations=4,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+    )
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+
+    def no_hf_sampling(*args, **kwargs):
+        raise AssertionError("use_vllm=True must not sample with transformers")
+
+    trainer.sample = no_hf_sampling
+    vllm = trainer.vllm_generation
+    assert vllm.settings == {
+        "mode": "colocate",
+        "server_base_url": None,
+        "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.3,
+        "enable_sleep_mode": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 5,
+        "max_completion_length": 8,
+    }
+    trainer.train()
+
+    assert [call[0] for call in vllm.calls] == ["sync", "generate", "sync", "generate"]
+    first_weights, second_weights = vllm.calls[0][1], vllm.calls[2][1]
+    assert any(not torch.equal(first_weights[name], second_weights[name]) for name in first_weights)
+    for stage, (_, prompt_ids, num_generations) in enumerate([vllm.calls[1], vllm.calls[3]]):
+        drawn = stage_prompt_indices(stage, 2, len(prompts), args.seed)
+        assert num_generations == 4
+        assert prompt_ids == [trainer.prompt_ids[i] for i in drawn for _ in range(4)]
+        rows = read_stage(args, stage)
+        assert rows["completion"] == ["apple apple", "dog", "apple fish", "egg"] * 2
+        assert [i for i, kept in enumerate(rows["selected"]) if kept] == [0, 4]  # "apple apple" in each group
+
+
+def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer, prompts, make_args):
+    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: False)
+    with pytest.raises(ValueError, match="use_vllm=True needs vLLM"):  # before the (missing) model is loaded
+        RAFTTrainer(
+            "no/such-model",
+            share_of_apple,
+            args=make_args(use_vllm=True),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
+    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: True)
+    with pytest.raises(ValueError, match="drop candidate_model"):
+        RAFTTrainer(
+            "no/such-model",
+            share_of_apple,
+            args=make_args(use_vllm=True),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            candidate_model=make_model(),
+        )
+    with pytest.raises(ValueError, match="vllm_mode must be 'colocate' or 'server'"):
+        make_args(vllm_mode="remote")
