@@ -105,3 +105,16 @@ def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, local_files):
     )
     assert set(summary["eval"]["after"]) == TABLE_3  # no ground truth outside the miniature world
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_language_model_path_starts_without_the_diffusion_stack():
+    code = (
+        "import sys, raft_trainer, raft_trainer.cli, raft_trainer.rewards\n"
+        "print('diffusers' in sys.modules, 'open_clip' in sys.modules)\n"
+        "from raft_trainer import DiffusionRAFTTrainer\n"
+        "from raft_trainer.rewards import AestheticScorer, CLIPScore\n"
+        "print('diffusers' in sys.modules, 'open_clip' in sys.modules, DiffusionRAFTTrainer.__name__)"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.split("\n")[:2] == ["False False", "True True DiffusionRAFTTrainer"]

@@ -15,7 +15,7 @@ from PIL import Image
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion_raft_trainer import LORA_WEIGHT_NAME
 from raft_trainer.stage_trainer import stage_file_path
-from raft_trainer.toy.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 

@@ -12,7 +12,7 @@ import pytest
 from raft_trainer.diffusion_raft_trainer import LORA_WEIGHT_NAME
 from raft_trainer.image_evaluation import evaluate_images
 from raft_trainer.stage_trainer import stage_file_path
-from raft_trainer.toy.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 
 from .test_examples import EXAMPLES, load_example
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from raft_trainer.rewards import AestheticHead, AestheticScorer, CLIPScore, as_reward_functions, reward_function_name
 from raft_trainer.rewards import aesthetic as aesthetic_module
-from raft_trainer.toy.tiny import tiny_open_clip
+from raft_trainer.toy.tiny_diffusion import tiny_open_clip
 
 # The real LAION aesthetic-predictor weights: read from outside the repository, never copied into it.
 HEAD_FILE = Path(

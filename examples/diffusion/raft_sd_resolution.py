@@ -24,7 +24,7 @@ from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.image_evaluation import format_evaluation, train_and_evaluate_images
 from raft_trainer.rewards import AestheticScorer, CLIPScore
 from raft_trainer.rewards.aesthetic import AESTHETIC_HEAD_REPO
-from raft_trainer.toy.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # CIFAR-100's fine labels (none of them a CIFAR-10 class), underscores written as spaces.
