@@ -321,10 +321,22 @@ def test_stage_metrics_are_logged_even_when_the_trainer_logs_less_often(make_mod
 def test_checkpoints_and_gradient_checkpointing_work_through_the_trainer(make_model, tokenizer, prompts, make_args):
     args = make_args(num_stages=2, save_strategy="epoch", gradient_checkpointing=True)
     trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    # Generation runs in eval mode, where checkpointing is off, so it decodes with the KV cache (one new token per
+    # forward after the prompt); the fine-tuning that follows trains with checkpointing on.
+    forward_lengths = []
+    forward = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        if not trainer.model.training:
+            forward_lengths.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = spy
     trainer.train()
     checkpoints = sorted(p.name for p in (Path(args.output_dir)).iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     assert trainer.model.is_gradient_checkpointing
+    assert forward_lengths and forward_lengths.count(1) >= len(forward_lengths) // 2  # cached decoding steps
 
 
 def test_model_card_names_raft_the_paper_the_rewards_the_hyperparameters_and_the_curve(
