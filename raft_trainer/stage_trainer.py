@@ -288,6 +288,7 @@ class StageTrainer(Trainer):
         """The stage file's columns: one row per candidate, what it is, its reward(s) and whether it was kept."""
         rows = {
             "stage": [stage] * len(rewards),
+            "group": candidates["group"],  # candidates ranked together (local ranking) share it
             **self.stage_file_columns(candidates),
             **reward_columns(rewards, rewards_per_func, self.reward_names),
         }

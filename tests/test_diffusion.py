@@ -76,7 +76,7 @@ def test_keeps_the_best_image_of_each_prompt_and_saves_it(prompts, make_args):
     trainer.train()
 
     rows = read_stage(args.output_dir)
-    assert list(rows[0]) == ["stage", "prompt_index", "prompt", "reward", "selected", "image"]
+    assert list(rows[0]) == ["stage", "group", "prompt_index", "prompt", "reward", "selected", "image"]
     assert len(rows) == len(PROMPTS) * 3
     stages_dir = os.path.join(args.output_dir, "stages")
     for start in range(0, len(rows), 3):

@@ -16,12 +16,12 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess", "raft_two_proce
 NUM_PROMPTS, PROMPTS_PER_STAGE, NUM_GENERATIONS = 6, 5, 3
 
 
-def launch_two_processes(output_dir: str, ranking: str) -> None:
+def launch_two_processes(output_dir: str, mode: str) -> None:
     # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU and `use_cpu=True` the processes join
     # over gloo (accelerate's `--cpu` launcher needs MPI for more than one process).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run([*command, SCRIPT, output_dir, ranking], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*command, SCRIPT, output_dir, mode], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -62,12 +62,39 @@ def test_two_processes_split_the_stage_rank_it_whole_and_agree(tmp_path, ranking
             assert all(row["reward"] >= threshold for row in kept)
     assert sorted(os.listdir(os.path.join(output_dir, "stages"))) == ["stage_000.jsonl", "stage_001.jsonl"]
 
-    weights = [torch.load(os.path.join(output_dir, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
-    for name, tensor in weights[0].items():
-        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0, msg=name)
+    assert_same_weights(output_dir)
     # 5 kept samples shared by 2 processes (3 + 2) in batches of 2: 2 optimizer steps a stage on each process
     steps = {open(os.path.join(output_dir, f"steps_rank{rank}.txt")).read() for rank in (0, 1)}
     assert steps == {"4"}
+
+
+def assert_same_weights(output_dir: str) -> None:
+    weights = [torch.load(os.path.join(output_dir, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_two_processes_rank_dataset_candidates_with_their_prompts_samples(tmp_path):
+    # Groups of unequal size (K samples + 0 to 2 expert completions) spread over two processes: each drawn prompt is
+    # one group, ranked whole, even when a stage draws a prompt twice.
+    output_dir = str(tmp_path / "dataset")
+    launch_two_processes(output_dir, "local+dataset")
+    experts = {"say something": 1, "tell me": 2}
+    for stage in range(2):
+        rows = read_stage(output_dir, stage)
+        drawn = stage_prompt_indices(stage, PROMPTS_PER_STAGE, NUM_PROMPTS, seed=0)
+        groups = {}
+        for row in rows:
+            groups.setdefault(row["group"], []).append(row)
+        assert sorted(groups) == list(range(PROMPTS_PER_STAGE))
+        for place, group in groups.items():
+            assert {row["prompt_index"] for row in group} == {drawn[place]}
+            sources = [row["source"] for row in group]
+            assert sources.count("model") == NUM_GENERATIONS
+            assert sources.count("dataset") == experts.get(group[0]["prompt"], 0)
+            kept = [row for row in group if row["selected"]]
+            assert len(kept) == 1 and kept[0]["reward"] == max(row["reward"] for row in group)
+    assert_same_weights(output_dir)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = "apple banana cherry dog egg fish say something tell me a word please".split()
 PROMPTS = ["say something", "tell me a word", "say a word please", "tell me something", "say a word", "tell me"]
+# Expert completions for two prompts, ranked with the model's samples in the "local+dataset" mode.
+EXPERT = {"prompt": ["say something", "tell me", "tell me"], "completion": ["apple apple", "apple", "dog apple"]}
 
 
 def share_of_apple(prompts, completions, **kwargs):
@@ -22,7 +24,8 @@ def share_of_apple(prompts, completions, **kwargs):
     return [text.split().count("apple") / max(1, len(text.split())) for text in completions]
 
 
-def main(output_dir: str, ranking: str) -> None:
+def main(output_dir: str, mode: str) -> None:
+    """`mode`: "local" or "global" ranking, or "local+dataset" (local ranking with `EXPERT` as candidate dataset)."""
     tokenizer = word_tokenizer(WORDS)
     torch.manual_seed(0)
     model = tiny_causal_lm(tokenizer, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -32,7 +35,8 @@ def main(output_dir: str, ranking: str) -> None:
         num_stages=2,
         prompts_per_stage=5,  # odd: the two processes get unequal shares
         num_generations=3,
-        ranking=ranking,
+        ranking="global" if mode == "global" else "local",
+        candidate_source="both" if mode == "local+dataset" else "model",
         max_completion_length=6,
         epochs_per_stage=1,
         per_device_train_batch_size=2,
@@ -48,6 +52,7 @@ def main(output_dir: str, ranking: str) -> None:
         args=args,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         processing_class=tokenizer,
+        candidate_dataset=Dataset.from_dict(EXPERT) if mode == "local+dataset" else None,
     )
     trainer.train()
     rank = trainer.accelerator.process_index
