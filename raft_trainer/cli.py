@@ -54,6 +54,14 @@ class ScriptArguments:
         default="test",
         metadata={"help": "Held-out split for evaluation; its 'chosen' column, if any, gives the perplexity."},
     )
+    candidate_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset id or path with 'prompt' and 'completion' columns: expert completions ranked with "
+            "(--candidate_source both) or instead of (--candidate_source dataset) the model's samples."
+        },
+    )
+    candidate_dataset_split: str = field(default="train", metadata={"help": "The candidate dataset's split."})
     num_eval_prompts: int = field(default=200, metadata={"help": "Held-out prompts evaluated before and after."})
     toy_num_pairs: int = field(
         default=4000, metadata={"help": "Miniature world: preference pairs (and SFT examples) it generates."}
@@ -121,7 +129,12 @@ def run(argv: list[str] | None = None) -> dict:
         train_prompts, eval_prompts, eval_chosen = load_prompts(script_args)
         ground_truth = None
 
-    trainer = RAFTTrainer(policy, reward_model, args=args, train_dataset=train_prompts)
+    candidate_dataset = None
+    if script_args.candidate_dataset_name is not None:
+        candidate_dataset = load_dataset(script_args.candidate_dataset_name, split=script_args.candidate_dataset_split)
+    trainer = RAFTTrainer(
+        policy, reward_model, args=args, train_dataset=train_prompts, candidate_dataset=candidate_dataset
+    )
     summary = train_and_report(trainer, eval_prompts, eval_chosen, ground_truth)
     if trainer.is_world_process_zero():
         print_evaluation(summary["eval"])

@@ -73,12 +73,22 @@ def test_toy_defaults_apply_only_without_a_model(tmp_path):
     assert (args.output_dir, args.num_stages, args.learning_rate) == ("runs/raft", 4, 2e-5)  # RAFTConfig's own
 
 
-def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, local_files):
+@pytest.mark.parametrize("with_expert_completions", [False, True])
+def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, local_files, with_expert_completions):
     policy, reward, data, prompts = local_files
     (data / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " dog"}) for p in prompts * 3))
     (data / "test.jsonl").write_text("\n".join(json.dumps({"prompt": p, "chosen": " apple"}) for p in prompts))
+    expert_flags = []
+    if with_expert_completions:
+        experts = tmp_path / "experts"
+        experts.mkdir()
+        (experts / "train.jsonl").write_text(
+            "\n".join(json.dumps({"prompt": p, "completion": "apple dog"}) for p in prompts[:2])
+        )
+        expert_flags = ["--candidate_dataset_name", str(experts), "--candidate_source", "both"]
     summary = cli.run(
         [
+            *expert_flags,
             "--model_name_or_path",
             policy,
             "--reward_model_name_or_path",
@@ -105,6 +115,14 @@ def test_raft_train_on_local_models_and_a_local_dataset(tmp_path, local_files):
     )
     assert set(summary["eval"]["after"]) == TABLE_3  # no ground truth outside the miniature world
     assert (tmp_path / "run" / "summary.json").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "stages" / "stage_000.jsonl")]
+    from_dataset = [row for row in rows if row.get("source") == "dataset"]
+    assert len(rows) == 4 * 2 + len(from_dataset)
+    assert bool(from_dataset) == with_expert_completions
+    if with_expert_completions:  # one expert completion for each draw of the first two prompts
+        drawn = [row["prompt"] for row in rows if row["source"] == "model"][::2]
+        assert [row["prompt"] for row in from_dataset] == [p for p in drawn if p in prompts[:2]]
+        assert {row["completion"] for row in from_dataset} == {"apple dog"}
 
 
 def test_the_language_model_path_starts_without_the_diffusion_stack():
