@@ -4,8 +4,10 @@
     score      the reward model(s) score and rank them         -> stages/stage_TTT.jsonl (the trainer's stage file)
     finetune   the policy is fine-tuned on the kept candidates  -> models/stage_TTT/ (the next stage's policy)
 
-The files are the hand-off, so each phase may run on another machine (`raft-train --phase ...`). A stage draws the
-same prompts as `RAFTTrainer` does, ranks them the same way and trains on the same token ids with the same loss; but
+The files are the hand-off, so each phase may run on another machine (`raft-train --phase ...`), and each runs under
+`accelerate launch` too: the processes share the prompts (generate), the candidates (score) or the kept set (the
+Trainer's data parallelism, finetune), and the main process writes the file. A stage draws the same prompts as
+`RAFTTrainer` does, ranks them the same way and trains on the same token ids with the same loss; but
 each fine-tuning phase starts a fresh optimizer and learning-rate schedule (as LMFlow's RAFT does), and candidates are
 ranked by reward alone (the KL-penalised score needs the policy and the reference beside the reward).
 """
@@ -16,6 +18,8 @@ import os
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -26,6 +30,7 @@ from .raft_trainer import candidate_generation_config, completion_reward_inputs,
 from .rewards import as_reward_functions, reward_function_name
 from .sequences import generate_completions, sft_example
 from .stage_trainer import (
+    contiguous_share,
     each_prompt_repeated,
     reward_columns,
     score_candidates,
@@ -62,29 +67,32 @@ def generate_phase(
     model, tokenizer = load_policy(model, processing_class, args)
     train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
     drawn = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(train_dataset), args.seed)
-    set_seed(int(np.random.SeedSequence([args.seed, stage]).generate_state(1)[0]))
+    processes = PartialState()
+    places = contiguous_share(range(len(drawn)), processes.process_index, processes.num_processes)
+    mine = [drawn[place] for place in places]
+    set_seed(int(np.random.SeedSequence([args.seed, stage, processes.process_index]).generate_state(1)[0]))
     completion_ids = generate_completions(
         model.to(args.device),
-        [prompt_ids[i] for i in drawn],
+        [prompt_ids[i] for i in mine],
         candidate_generation_config(model, tokenizer, args),
         args.generations_per_prompt,
         args.generation_batch_size,
-        show_progress=not args.disable_tqdm,
+        show_progress=not args.disable_tqdm and processes.is_local_main_process,
     )
-    groups = each_prompt_repeated(len(drawn), args.generations_per_prompt)
-    prompt_rows = train_dataset.select(drawn).to_dict()
+    prompt_of = each_prompt_repeated(len(mine), args.generations_per_prompt)
+    prompt_rows = train_dataset.select(mine).to_dict()
     columns = {
-        "stage": [stage] * len(groups),
-        "group": groups,
-        "prompt_index": [drawn[group] for group in groups],
-        "prompt": [prompt_rows["prompt"][group] for group in groups],
+        "stage": [stage] * len(prompt_of),
+        "group": [places[i] for i in prompt_of],
+        "prompt_index": [mine[i] for i in prompt_of],
+        "prompt": [prompt_rows["prompt"][i] for i in prompt_of],
         "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
-        "prompt_ids": [prompt_ids[drawn[group]] for group in groups],
+        "prompt_ids": [prompt_ids[mine[i]] for i in prompt_of],
         "completion_ids": completion_ids,
-        **{name: [values[group] for group in groups] for name, values in prompt_rows.items() if name != "prompt"},
+        **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items() if name != "prompt"},
     }
     path = candidates_file_path(args.output_dir, stage)
-    write_stage_file(path, columns)
+    write_on_main_process({name: gather_object(values) for name, values in columns.items()}, path, processes)
     return path
 
 
@@ -97,20 +105,33 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
             "and the reference model too. Set beta=0, or run RAFTTrainer, which holds them all."
         )
     columns = read_jsonl(candidates_file_path(args.output_dir, stage), "generate", stage)
-    reward_funcs = as_reward_functions(reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm)
+    processes = PartialState()
+    reward_funcs = as_reward_functions(
+        reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm and processes.is_local_main_process
+    )
     if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
         raise ValueError(
             f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions: "
             "give one weight per reward function."
         )
     weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
+    for function in reward_funcs:
+        if hasattr(function, "to"):
+            function.to(args.device)
+    # Each process scores a contiguous share of the candidates; the rewards are gathered and ranked whole.
+    mine = {
+        name: contiguous_share(values, processes.process_index, processes.num_processes)
+        for name, values in columns.items()
+    }
     kwargs = {
-        "prompts": columns["prompt"],
-        **completion_reward_inputs(columns),
-        **{name: values for name, values in columns.items() if name not in CANDIDATE_COLUMNS},
+        "prompts": mine["prompt"],
+        **completion_reward_inputs(mine),
+        **{name: values for name, values in mine.items() if name not in CANDIDATE_COLUMNS},
         "trainer_state": None,  # no Trainer runs this phase
     }
-    rewards, rewards_per_func = score_candidates(reward_funcs, weights, kwargs, args.device)
+    rewards, rewards_per_func = (
+        torch.cat(gather_object([tensor])) for tensor in score_candidates(reward_funcs, weights, kwargs, args.device)
+    )
     kept = ranking.select(rewards, args.ranking, torch.tensor(columns["group"]), args.prompts_per_stage)
     if not kept.any():
         raise RuntimeError(f"stage {stage} kept no candidate: none got a reward (None/NaN).")
@@ -121,7 +142,7 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         "selected": kept.tolist(),
     }
     path = stage_file_path(args.output_dir, stage)
-    write_stage_file(path, rows)
+    write_on_main_process(rows, path, processes)
     return path
 
 
@@ -150,6 +171,13 @@ def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, p
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the phase's loss log, beside the model
     return output_dir
+
+
+def write_on_main_process(columns: dict[str, list], path: str, processes: PartialState) -> None:
+    """Write the file once, from the main process; the others wait until it is there."""
+    if processes.is_main_process:
+        write_stage_file(path, columns)
+    processes.wait_for_everyone()
 
 
 def load_policy(model: str | PreTrainedModel, processing_class, args: RAFTConfig):

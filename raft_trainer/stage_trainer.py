@@ -56,6 +56,14 @@ def each_prompt_repeated(num_prompts: int, per_prompt: int) -> list[int]:
     return [prompt for prompt in range(num_prompts) for _ in range(per_prompt)]
 
 
+def contiguous_share(items, process_index: int, num_processes: int):
+    """Process `process_index`'s contiguous share of `items`; the shares of all processes, in order, make up
+    `items`, and differ in size by at most one."""
+    size, extra = divmod(len(items), num_processes)
+    start = process_index * size + min(process_index, extra)
+    return items[start : start + size + (process_index < extra)]
+
+
 def stage_file_path(output_dir: str, stage: int) -> str:
     return os.path.join(output_dir, "stages", f"stage_{stage:03d}.jsonl")
 
@@ -261,11 +269,7 @@ class StageTrainer(Trainer):
         return examples
 
     def process_share(self, items: list) -> list:
-        """This process's contiguous share of `items`; the shares of all processes, in order, make up `items`."""
-        count, rank = self.accelerator.num_processes, self.accelerator.process_index
-        size, extra = divmod(len(items), count)
-        start = rank * size + min(rank, extra)
-        return items[start : start + size + (rank < extra)]
+        return contiguous_share(items, self.accelerator.process_index, self.accelerator.num_processes)
 
     def stage_examples(self, stage: int) -> list[dict]:
         """The training examples of `stage`: taken back from the checkpoint if the run resumed inside this stage,

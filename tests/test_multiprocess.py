@@ -10,6 +10,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
+from raft_trainer.phases import candidates_file_path, stage_model_path
 from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess", "raft_two_processes.py")
@@ -95,6 +96,31 @@ def test_two_processes_rank_dataset_candidates_with_their_prompts_samples(tmp_pa
             kept = [row for row in group if row["selected"]]
             assert len(kept) == 1 and kept[0]["reward"] == max(row["reward"] for row in group)
     assert_same_weights(output_dir)
+
+
+def test_phases_split_over_two_processes_write_their_files_once(tmp_path):
+    output_dir = str(tmp_path / "phases")
+    launch_two_processes(output_dir, "phases")
+    drawn = stage_prompt_indices(0, PROMPTS_PER_STAGE, NUM_PROMPTS, seed=0)
+    with open(candidates_file_path(output_dir, 0)) as file:
+        candidates = [json.loads(line) for line in file]
+    # generate: each drawn place once, in draw order, with its K candidates, from both processes' shares
+    assert [row["group"] for row in candidates] == [place for place in range(5) for _ in range(NUM_GENERATIONS)]
+    assert [row["prompt_index"] for row in candidates] == [i for i in drawn for _ in range(NUM_GENERATIONS)]
+    # score: each process scored a contiguous share of the candidates (8 + 7), ranked whole
+    scored = [
+        [json.loads(line) for line in open(os.path.join(output_dir, f"scored_rank{rank}.jsonl"))] for rank in (0, 1)
+    ]
+    assert scored[0][0] + scored[1][0] == [row["prompt"] for row in candidates]
+    assert [len(scored[rank][0]) for rank in (0, 1)] == [8, 7]
+    rows = read_stage(output_dir, 0)
+    for place in range(5):
+        group = [row for row in rows if row["group"] == place]
+        kept = [row for row in group if row["selected"]]
+        assert len(kept) == 1 and kept[0]["reward"] == max(row["reward"] for row in group)
+    # finetune: both processes trained on the kept set and agree; the main process saved the model
+    assert_same_weights(output_dir)
+    assert os.path.isfile(os.path.join(stage_model_path(output_dir, 0), "config.json"))
 
 
 @pytest.mark.parametrize(

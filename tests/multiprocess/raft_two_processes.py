@@ -1,5 +1,5 @@
-"""Run by tests/test_multiprocess.py under `accelerate launch` with 2 CPU processes: a tiny RAFT run whose stage
-files and per-process weights the test inspects."""
+"""Run by tests/test_multiprocess.py under `accelerate launch` with 2 CPU processes: a tiny RAFT run (or stage 0 of
+one run phase by phase) whose stage files and per-process weights the test inspects."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset
 
 from raft_trainer import RAFTConfig, RAFTTrainer
+from raft_trainer.phases import finetune_phase, generate_phase, score_phase
 from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = "apple banana cherry dog egg fish say something tell me a word please".split()
@@ -25,7 +26,8 @@ def share_of_apple(prompts, completions, **kwargs):
 
 
 def main(output_dir: str, mode: str) -> None:
-    """`mode`: "local" or "global" ranking, or "local+dataset" (local ranking with `EXPERT` as candidate dataset)."""
+    """`mode`: "local" or "global" ranking, "local+dataset" (local ranking with `EXPERT` as candidate dataset), or
+    "phases" (stage 0 as three separate phases, local ranking)."""
     tokenizer = word_tokenizer(WORDS)
     torch.manual_seed(0)
     model = tiny_causal_lm(tokenizer, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -46,22 +48,33 @@ def main(output_dir: str, mode: str) -> None:
         disable_tqdm=True,
         seed=0,
     )
+    prompts = Dataset.from_dict({"prompt": PROMPTS})
+    if mode == "phases":
+        generate_phase(model, args, prompts, 0, processing_class=tokenizer)
+        score_phase(share_of_apple, args, 0)
+        finetune_phase(model, args, 0, processing_class=tokenizer)
+        save_weights(model, output_dir, args.process_index)
+        return
     trainer = RAFTTrainer(
         model,
         share_of_apple,
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=prompts,
         processing_class=tokenizer,
         candidate_dataset=Dataset.from_dict(EXPERT) if mode == "local+dataset" else None,
     )
     trainer.train()
     rank = trainer.accelerator.process_index
-    torch.save(
-        {name: tensor.detach().cpu() for name, tensor in trainer.model.state_dict().items()},
-        os.path.join(output_dir, f"weights_rank{rank}.pt"),
-    )
+    save_weights(trainer.model, output_dir, rank)
     with open(os.path.join(output_dir, f"steps_rank{rank}.txt"), "w") as file:
         file.write(str(trainer.state.global_step))
+
+
+def save_weights(model, output_dir: str, rank: int) -> None:
+    torch.save(
+        {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        os.path.join(output_dir, f"weights_rank{rank}.pt"),
+    )
 
 
 if __name__ == "__main__":
