@@ -33,6 +33,7 @@ from .stage_trainer import (
     contiguous_share,
     each_prompt_repeated,
     reward_columns,
+    reward_weight_tensor,
     score_candidates,
     stage_file_path,
     stage_prompt_indices,
@@ -107,14 +108,12 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
     columns = read_jsonl(candidates_file_path(args.output_dir, stage), "generate", stage)
     processes = PartialState()
     reward_funcs = as_reward_functions(
-        reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm and processes.is_local_main_process
+        reward_fn,
+        reward_processing_classes,
+        show_progress=not args.disable_tqdm and processes.is_local_main_process,
+        batch_size=args.generation_batch_size,
     )
-    if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
-        raise ValueError(
-            f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions: "
-            "give one weight per reward function."
-        )
-    weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
+    weights = reward_weight_tensor(args.reward_weights, len(reward_funcs))
     for function in reward_funcs:
         if hasattr(function, "to"):
             function.to(args.device)

@@ -170,7 +170,12 @@ class RAFTTrainer(StageTrainer):
             _, self.generation_prompt_ids = tokenize_prompts(generation_prompts, self.candidate_tokenizer, None)
         super().__init__(
             model,
-            as_reward_functions(reward_fn, reward_processing_classes, show_progress=not args.disable_tqdm),
+            as_reward_functions(
+                reward_fn,
+                reward_processing_classes,
+                show_progress=not args.disable_tqdm,
+                batch_size=args.generation_batch_size,
+            ),
             args,
             train_dataset,
             sample_filter=sample_filter,

@@ -104,6 +104,16 @@ def validate_prompt_dataset(dataset) -> None:
             )
 
 
+def reward_weight_tensor(reward_weights: list[float] | None, num_functions: int) -> torch.Tensor:
+    """The weight of each reward function (all 1 when `reward_weights` is None), checked against their number."""
+    if reward_weights is not None and len(reward_weights) != num_functions:
+        raise ValueError(
+            f"reward_weights has {len(reward_weights)} entries for {num_functions} reward functions: "
+            "give one weight per reward function."
+        )
+    return torch.tensor(reward_weights or [1.0] * num_functions, dtype=torch.float64)
+
+
 def score_candidates(
     reward_funcs: list[RewardFunction], weights: torch.Tensor, kwargs: dict, device, offload: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,16 +184,11 @@ class StageTrainer(Trainer):
         callbacks: list | None = None,
         **trainer_kwargs,
     ):
-        if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions: "
-                "give one weight per reward function."
-            )
+        self.reward_weights = reward_weight_tensor(args.reward_weights, len(reward_funcs))
         if sample_filter is not None and not callable(sample_filter):
             raise ValueError(f"sample_filter must be a callable or None (got {type(sample_filter).__name__}).")
         self.reward_funcs = reward_funcs
         self.reward_names = [reward_function_name(function) for function in reward_funcs]
-        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
         self.sample_filter = sample_filter
         self._stage_metrics: dict[str, float] = {}
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`

@@ -149,7 +149,7 @@ def test_kl_penalised_ranking_against_the_frozen_initial_model(make_model, token
 def test_reward_model_given_as_a_pretrained_model(make_model, tokenizer, prompts, make_args):
     torch.manual_seed(1)
     reward_model = tiny_reward_model(tokenizer, **NO_DROPOUT).eval()
-    args = make_args()
+    args = make_args(generation_batch_size=6)
     trainer = RAFTTrainer(
         make_model(),
         reward_model,
@@ -158,7 +158,13 @@ def test_reward_model_given_as_a_pretrained_model(make_model, tokenizer, prompts
         processing_class=tokenizer,
         reward_processing_classes=tokenizer,
     )
+    batch_sizes = []
+    forward = reward_model.forward
+    reward_model.forward = lambda input_ids, **kwargs: (
+        batch_sizes.append(len(input_ids)) or forward(input_ids, **kwargs)
+    )
     trainer.train()
+    assert batch_sizes == [6, 6, 4]  # 16 candidates, scored generation_batch_size at a time
     rows = read_stage(args, 0)
     for row in rows:  # each candidate scored alone (no padding) by the reward model on prompt + completion
         inputs = tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token, return_tensors="pt")

@@ -16,12 +16,15 @@ from .reward_model import RewardModel
 RewardFunction = Callable[..., list]
 
 
-def as_reward_functions(reward_fn, processing_classes=None, show_progress: bool = True) -> list[RewardFunction]:
+def as_reward_functions(
+    reward_fn, processing_classes=None, show_progress: bool = True, batch_size: int = 64
+) -> list[RewardFunction]:
     """Turn what the user gave as `reward_fn` into a list of reward functions.
 
     Each item may be a callable, a reward-model id or path (loaded as a sequence-classification model with its own
     tokenizer) or a `PreTrainedModel` (its tokenizer from the matching entry of `processing_classes`, or loaded from
-    its `name_or_path`). Reward models show a progress bar while scoring unless `show_progress` is False.
+    its `name_or_path`). Reward models score `batch_size` sequences per forward call and show a progress bar while
+    scoring unless `show_progress` is False.
     """
     items = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]
     if not items:
@@ -36,9 +39,9 @@ def as_reward_functions(reward_fn, processing_classes=None, show_progress: bool 
     functions = []
     for item, tokenizer in zip(items, processing_classes):
         if isinstance(item, str):
-            functions.append(RewardModel.from_pretrained(item, show_progress=show_progress))
+            functions.append(RewardModel.from_pretrained(item, batch_size=batch_size, show_progress=show_progress))
         elif isinstance(item, PreTrainedModel):
-            functions.append(RewardModel(item, tokenizer, show_progress=show_progress))
+            functions.append(RewardModel(item, tokenizer, batch_size=batch_size, show_progress=show_progress))
         elif callable(item):
             functions.append(item)
         else:

@@ -38,9 +38,11 @@ class RewardModel:
         self.__name__ = model.name_or_path.rstrip("/").split("/")[-1] or type(model).__name__
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, show_progress: bool = True, **model_init_kwargs) -> "RewardModel":
+    def from_pretrained(
+        cls, name_or_path: str, batch_size: int = 64, show_progress: bool = True, **model_init_kwargs
+    ) -> "RewardModel":
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_init_kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(name_or_path), show_progress=show_progress)
+        return cls(model, AutoTokenizer.from_pretrained(name_or_path), batch_size, show_progress)
 
     def to(self, device) -> "RewardModel":
         self.model.to(device)
