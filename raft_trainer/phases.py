@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, set_seed
@@ -40,6 +40,7 @@ from .stage_trainer import (
     validate_prompt_dataset,
     write_stage_file,
 )
+from .vllm_sampling import require_vllm, sample_with_vllm, vllm_generation
 
 # The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
 CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "prompt_ids", "completion_ids")
@@ -56,8 +57,8 @@ def stage_model_path(output_dir: str, stage: int) -> str:
 def generate_phase(
     model: str | PreTrainedModel, args: RAFTConfig, train_dataset: Dataset, stage: int, processing_class=None
 ) -> str:
-    """Sample stage `stage`'s candidates from `model` and write them to `stages/candidates_TTT.jsonl`; returns its
-    path. The stage draws the prompts `RAFTTrainer` would; sampling is seeded by (`args.seed`, `stage`)."""
+    """Sample stage `stage`'s candidates from `model` (with vLLM when `args.use_vllm`) and write them to
+    `stages/candidates_TTT.jsonl`; returns its path. The stage draws the prompts `RAFTTrainer` would."""
     validate_prompt_dataset(train_dataset)
     clashes = (set(CANDIDATE_COLUMNS) - {"prompt"}) & set(train_dataset.column_names)
     if clashes:
@@ -65,6 +66,8 @@ def generate_phase(
             f"train_dataset has columns {sorted(clashes)}, which the candidates file uses itself: rename them with "
             "dataset.rename_column(old, new)."
         )
+    if args.use_vllm:
+        require_vllm()
     model, tokenizer = load_policy(model, processing_class, args)
     train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
     drawn = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(train_dataset), args.seed)
@@ -72,14 +75,18 @@ def generate_phase(
     places = contiguous_share(range(len(drawn)), processes.process_index, processes.num_processes)
     mine = [drawn[place] for place in places]
     set_seed(int(np.random.SeedSequence([args.seed, stage, processes.process_index]).generate_state(1)[0]))
-    completion_ids = generate_completions(
-        model.to(args.device),
-        [prompt_ids[i] for i in mine],
-        candidate_generation_config(model, tokenizer, args),
-        args.generations_per_prompt,
-        args.generation_batch_size,
-        show_progress=not args.disable_tqdm and processes.is_local_main_process,
-    )
+    if args.use_vllm:
+        engine = vllm_generation(model, Accelerator(), tokenizer, args)
+        completion_ids = sample_with_vllm(engine, [prompt_ids[i] for i in mine], args.generations_per_prompt)
+    else:
+        completion_ids = generate_completions(
+            model.to(args.device),
+            [prompt_ids[i] for i in mine],
+            candidate_generation_config(model, tokenizer, args),
+            args.generations_per_prompt,
+            args.generation_batch_size,
+            show_progress=not args.disable_tqdm and processes.is_local_main_process,
+        )
     prompt_of = each_prompt_repeated(len(mine), args.generations_per_prompt)
     prompt_rows = train_dataset.select(mine).to_dict()
     columns = {

@@ -15,8 +15,6 @@ from datasets import Dataset
 from peft import PeftConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl.data_utils import is_conversational, maybe_apply_chat_template
-from trl.generation.vllm_generation import VLLMGeneration
-from trl.import_utils import is_vllm_available
 from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -28,6 +26,7 @@ from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
 from .sequences import completion_token_log_probs, generate_completions, sft_example
 from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
+from .vllm_sampling import require_vllm, sample_with_vllm, vllm_generation
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +97,8 @@ class RAFTTrainer(StageTrainer):
                 f"{'missing' if candidate_dataset is None else 'given'}: pass a candidate_dataset with "
                 "candidate_source 'dataset' or 'both', and none with 'model'."
             )
-        if args.use_vllm and not is_vllm_available():
-            raise ValueError(
-                "use_vllm=True needs vLLM, which is not installed: `pip install vllm` (on a GPU machine)."
-            )
+        if args.use_vllm:
+            require_vllm()
         if args.use_vllm and candidate_model is not None:
             raise ValueError(
                 "use_vllm=True samples with the policy: drop candidate_model, or set use_vllm=False to sample with it."
@@ -189,25 +186,7 @@ class RAFTTrainer(StageTrainer):
                 frozen_model.to(self.accelerator.device)
         self.vllm_generation = None
         if args.use_vllm:
-            if args.vllm_mode == "server" and args.prompts_drawn_per_stage % self.accelerator.num_processes:
-                raise ValueError(
-                    f"vllm_mode='server' needs the {args.prompts_drawn_per_stage} prompts a stage draws to split "
-                    f"evenly over the {self.accelerator.num_processes} processes: change prompts_per_stage."
-                )
-            self.vllm_generation = VLLMGeneration(
-                model=self.model,
-                accelerator=self.accelerator,
-                processing_class=processing_class,
-                mode=args.vllm_mode,
-                server_base_url=args.vllm_server_base_url,
-                tensor_parallel_size=args.vllm_tensor_parallel_size,
-                gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                enable_sleep_mode=args.vllm_enable_sleep_mode,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                top_k=args.top_k,
-                max_completion_length=args.max_completion_length,
-            )
+            self.vllm_generation = vllm_generation(self.model, self.accelerator, processing_class, args)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Generation
@@ -234,7 +213,7 @@ class RAFTTrainer(StageTrainer):
         prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
         generation_prompt_ids = [self.generation_prompt_ids[i] for i in prompt_indices]
         if self.vllm_generation is not None:
-            completion_ids = self.sample_with_vllm(generation_prompt_ids)
+            completion_ids = sample_with_vllm(self.vllm_generation, generation_prompt_ids, per_prompt)
         elif self.candidate_model is None:
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
                 completion_ids = self.sample(policy, generation_prompt_ids)
@@ -260,15 +239,6 @@ class RAFTTrainer(StageTrainer):
             self.args.generation_batch_size,
             show_progress=not self._quiet(),
         )
-
-    def sample_with_vllm(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """`generations_per_prompt` completions per prompt, prompt-major, from vLLM holding the current weights."""
-        per_prompt = self.args.generations_per_prompt
-        self.vllm_generation.sync_weights()  # the policy changed in the last stage's fine-tuning
-        _, completion_ids, _, _ = self.vllm_generation.generate(
-            prompts=[ids for ids in prompt_ids for _ in range(per_prompt)], images=None, num_generations=per_prompt
-        )
-        return [list(ids) for ids in completion_ids]
 
     def policy_tokens(self, completions: list[str], candidate_ids: list[list[int]]) -> list[list[int]]:
         """The candidate model's completions in the policy's tokens; an ended completion ends with the policy's eos."""

@@ -5,11 +5,14 @@ it from the config, pushes the current weights before every stage's sampling, as
 prompt and uses what comes back, and that it refuses `use_vllm` where it cannot work.
 """
 
+import json
+
 import pytest
 import torch
 
-import raft_trainer.raft_trainer as raft_trainer_module
+import raft_trainer.vllm_sampling as vllm_sampling
 from raft_trainer import RAFTTrainer
+from raft_trainer.phases import candidates_file_path, generate_phase
 from raft_trainer.stage_trainer import stage_prompt_indices
 
 from .conftest import share_of_apple
@@ -37,9 +40,17 @@ class StandInVLLMGeneration:
 
 
 @pytest.fixture
-def stand_in_vllm(monkeypatch):
-    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: True)
-    monkeypatch.setattr(raft_trainer_module, "VLLMGeneration", StandInVLLMGeneration)
+def stand_in_vllm(monkeypatch) -> list[StandInVLLMGeneration]:
+    """vLLM "installed", with stand-in engines; returns the engines made."""
+    engines = []
+
+    def make(*args, **kwargs):
+        engines.append(StandInVLLMGeneration(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(vllm_sampling, "is_vllm_available", lambda: True)
+    monkeypatch.setattr(vllm_sampling, "VLLMGeneration", make)
+    return engines
 
 
 def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_model, tokenizer, prompts, make_args):
@@ -85,8 +96,20 @@ def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_mo
         assert [i for i, kept in enumerate(rows["selected"]) if kept] == [0, 4]  # "apple apple" in each group
 
 
+def test_the_generate_phase_samples_with_vllm(stand_in_vllm, make_model, tokenizer, prompts, make_args):
+    args = make_args(use_vllm=True, prompts_per_stage=2, num_generations=4)
+    generate_phase(make_model(), args, prompts, 1, processing_class=tokenizer)
+    (engine,) = stand_in_vllm
+    assert [call[0] for call in engine.calls] == ["sync", "generate"]
+    drawn = stage_prompt_indices(1, 2, len(prompts), args.seed)
+    assert engine.calls[1][1] == [tokenizer(prompts[i]["prompt"])["input_ids"] for i in drawn for _ in range(4)]
+    with open(candidates_file_path(args.output_dir, 1)) as file:
+        rows = [json.loads(line) for line in file]
+    assert [row["completion"] for row in rows] == ["apple apple", "dog", "apple fish", "egg"] * 2
+
+
 def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer, prompts, make_args):
-    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: False)
+    monkeypatch.setattr(vllm_sampling, "is_vllm_available", lambda: False)
     with pytest.raises(ValueError, match="use_vllm=True needs vLLM"):  # before the (missing) model is loaded
         RAFTTrainer(
             "no/such-model",
@@ -95,7 +118,9 @@ def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer
             train_dataset=prompts,
             processing_class=tokenizer,
         )
-    monkeypatch.setattr(raft_trainer_module, "is_vllm_available", lambda: True)
+    with pytest.raises(ValueError, match="use_vllm=True needs vLLM"):
+        generate_phase("no/such-model", make_args(use_vllm=True), prompts, 0, processing_class=tokenizer)
+    monkeypatch.setattr(vllm_sampling, "is_vllm_available", lambda: True)
     with pytest.raises(ValueError, match="drop candidate_model"):
         RAFTTrainer(
             "no/such-model",
