@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), run RAFT with its evaluation and report; returns the summary."""
     script_args, args = parse_args(argv)
+    if (script_args.candidate_dataset_name is None) != (args.candidate_source == "model"):
+        raise ValueError(
+            "--candidate_source both or dataset needs --candidate_dataset_name, and --candidate_dataset_name needs "
+            f"one of them (got --candidate_source {args.candidate_source})."
+        )
     if script_args.phase != "all":
         path = run_phase(script_args, args)
         print(f"Wrote {path}")
@@ -152,6 +157,8 @@ def run_phase(script_args: ScriptArguments, args: RAFTConfig) -> str:
     missing = [f"--{name}" for name in needs if getattr(script_args, name) is None]
     if missing:
         raise ValueError(f"--phase {script_args.phase} needs {' and '.join(missing)}.")
+    if script_args.candidate_dataset_name is not None:
+        raise ValueError("--phase ranks the model's samples only: drop --candidate_dataset_name.")
     if script_args.phase == "generate":
         train_prompts = load_prompts(script_args)[0]
         return generate_phase(script_args.model_name_or_path, args, train_prompts, script_args.stage)

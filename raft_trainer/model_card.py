@@ -49,8 +49,7 @@ def write_model_card(trainer, base_model: str | None, model_name: str, tags: lis
         "",
         f"This model{f' was fine-tuned from `{base_model}`' if base_model else ' was trained'} with **RAFT** "
         "(Reward rAnked FineTuning, [Dong et al., TMLR 2023](https://arxiv.org/abs/2304.06767)) using "
-        "raft-trainer: each stage generates "
-        f"{trainer.args.num_generations} candidates per prompt, keeps the best by reward"
+        f"raft-trainer: each stage {trainer.card_candidates()}, keeps the best by reward"
         f"{' penalised by KL to the initial model' if getattr(trainer.args, 'beta', 0) > 0 else ''} "
         f"({trainer.args.ranking} ranking) and fine-tunes {trainer.card_training}.",
         "",
@@ -73,7 +72,8 @@ def write_model_card(trainer, base_model: str | None, model_name: str, tags: lis
             "| stage | mean reward (policy) | mean reward (kept) | training loss |",
             "|---|---|---|---|",
             *(
-                f"| {s['stage']} | {s['reward_mean']:.4f} | {s['reward_kept_mean']:.4f} | {s.get('loss', nan):.4f} |"
+                f"| {s['stage']} | {s.get('reward_mean', nan):.4f} | {s['reward_kept_mean']:.4f} "
+                f"| {s.get('loss', nan):.4f} |"
                 for s in stages
             ),
         ]

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, T
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
+from .files import atomic_path
 from .raft_config import RAFTConfig
 from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
 from .rewards import as_reward_functions, reward_function_name
@@ -40,10 +41,14 @@ from .stage_trainer import (
     validate_prompt_dataset,
     write_stage_file,
 )
-from .vllm_sampling import require_vllm, sample_with_vllm, vllm_generation
+from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
 # The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
 CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "prompt_ids", "completion_ids")
+# Columns the score phase adds; a dataset column may not take any of these names either.
+STAGE_COLUMNS = ("completion_length", "reward", "selected")
+# The settings a candidates file was made with, which the score phase must share to rank it as intended.
+RANKING_SETTINGS = ("ranking", "prompts_per_stage", "num_generations")
 
 
 def candidates_file_path(output_dir: str, stage: int) -> str:
@@ -54,30 +59,50 @@ def stage_model_path(output_dir: str, stage: int) -> str:
     return os.path.join(output_dir, "models", f"stage_{stage:03d}")
 
 
+def settings_file_path(output_dir: str, stage: int) -> str:
+    return os.path.join(output_dir, "stages", f"candidates_{stage:03d}.settings.json")
+
+
 def generate_phase(
     model: str | PreTrainedModel, args: RAFTConfig, train_dataset: Dataset, stage: int, processing_class=None
 ) -> str:
     """Sample stage `stage`'s candidates from `model` (with vLLM when `args.use_vllm`) and write them to
     `stages/candidates_TTT.jsonl`; returns its path. The stage draws the prompts `RAFTTrainer` would."""
+    check_stage(stage)
     validate_prompt_dataset(train_dataset)
-    clashes = (set(CANDIDATE_COLUMNS) - {"prompt"}) & set(train_dataset.column_names)
+    clashes = (set(CANDIDATE_COLUMNS + STAGE_COLUMNS) - {"prompt"}) & set(train_dataset.column_names)
     if clashes:
         raise ValueError(
-            f"train_dataset has columns {sorted(clashes)}, which the candidates file uses itself: rename them with "
+            f"train_dataset has columns {sorted(clashes)}, which the phases' files use themselves: rename them with "
             "dataset.rename_column(old, new)."
         )
+    if args.candidate_source != "model":
+        raise ValueError(
+            f"candidate_source={args.candidate_source!r}: the phases rank the model's samples only; use RAFTTrainer "
+            "for candidates from a dataset."
+        )
+    processes = PartialState()
+    if args.prompts_drawn_per_stage < processes.num_processes:
+        raise ValueError(
+            f"the {args.prompts_drawn_per_stage} prompts a stage draws are fewer than the {processes.num_processes} "
+            "processes: raise prompts_per_stage."
+        )
     if args.use_vllm:
-        require_vllm()
+        check_vllm_settings(args)
+    from_memory = isinstance(model, PreTrainedModel)  # its weights may differ from the checkpoint vLLM loads
     model, tokenizer = load_policy(model, processing_class, args)
     train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
     drawn = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(train_dataset), args.seed)
-    processes = PartialState()
     places = contiguous_share(range(len(drawn)), processes.process_index, processes.num_processes)
     mine = [drawn[place] for place in places]
     set_seed(int(np.random.SeedSequence([args.seed, stage, processes.process_index]).generate_state(1)[0]))
     if args.use_vllm:
+        if from_memory:
+            model.to(args.device)  # pushed to vLLM from the accelerator
         engine = vllm_generation(model, Accelerator(), tokenizer, args)
-        completion_ids = sample_with_vllm(engine, [prompt_ids[i] for i in mine], args.generations_per_prompt)
+        completion_ids = sample_with_vllm(
+            engine, [prompt_ids[i] for i in mine], args.generations_per_prompt, sync_weights=from_memory
+        )
     else:
         completion_ids = generate_completions(
             model.to(args.device),
@@ -99,6 +124,10 @@ def generate_phase(
         "completion_ids": completion_ids,
         **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items() if name != "prompt"},
     }
+    if processes.is_main_process:
+        settings = {name: getattr(args, name) for name in RANKING_SETTINGS}
+        with atomic_path(settings_file_path(args.output_dir, stage)) as partial, open(partial, "w") as file:
+            json.dump(settings, file)
     path = candidates_file_path(args.output_dir, stage)
     write_on_main_process({name: gather_object(values) for name, values in columns.items()}, path, processes)
     return path
@@ -112,8 +141,25 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
             f"beta={args.beta}: the score phase ranks by reward alone, since the KL-penalised score needs the policy "
             "and the reference model too. Set beta=0, or run RAFTTrainer, which holds them all."
         )
+    check_stage(stage)
     columns = read_jsonl(candidates_file_path(args.output_dir, stage), "generate", stage)
+    with open(settings_file_path(args.output_dir, stage), encoding="utf-8") as file:
+        generated_with = json.load(file)
+    differing = [
+        f"{name}={args_value!r} (generated with {generated_with[name]!r})"
+        for name in RANKING_SETTINGS
+        if (args_value := getattr(args, name)) != generated_with[name]
+    ]
+    if differing:
+        raise ValueError(
+            f"the score phase's {', '.join(differing)}: score with the settings stage {stage} was generated with."
+        )
     processes = PartialState()
+    if len(columns["prompt"]) < processes.num_processes:
+        raise ValueError(
+            f"{len(columns['prompt'])} candidates for {processes.num_processes} processes: run the score phase on "
+            "fewer processes."
+        )
     reward_funcs = as_reward_functions(
         reward_fn,
         reward_processing_classes,
@@ -156,6 +202,7 @@ def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, p
     """Fine-tune `model` on the kept candidates of stage `stage`'s stage file for `args.epochs_per_stage` epochs with
     the SFT loss, and save it (with its tokenizer and `trainer_state.json`) to `models/stage_TTT`; returns that
     path."""
+    check_stage(stage)
     rows = read_jsonl(stage_file_path(args.output_dir, stage), "score", stage)
     examples = [
         sft_example(prompt_ids, completion_ids)
@@ -177,6 +224,11 @@ def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, p
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the phase's loss log, beside the model
     return output_dir
+
+
+def check_stage(stage: int) -> None:
+    if not isinstance(stage, int) or stage < 0:
+        raise ValueError(f"stage must be an integer >= 0 (got {stage!r}).")
 
 
 def write_on_main_process(columns: dict[str, list], path: str, processes: PartialState) -> None:

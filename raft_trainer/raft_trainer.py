@@ -26,7 +26,7 @@ from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
 from .sequences import completion_token_log_probs, generate_completions, sft_example
 from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
-from .vllm_sampling import require_vllm, sample_with_vllm, vllm_generation
+from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,12 @@ class RAFTTrainer(StageTrainer):
                 "candidate_source 'dataset' or 'both', and none with 'model'."
             )
         if args.use_vllm:
-            require_vllm()
+            check_vllm_settings(args)
+        if args.candidate_source == "dataset" and (candidate_model is not None or prompt_for_generation is not None):
+            raise ValueError(
+                "candidate_source='dataset' samples nothing, so candidate_model and prompt_for_generation would go "
+                "unused: drop them, or set candidate_source='both'."
+            )
         if args.use_vllm and candidate_model is not None:
             raise ValueError(
                 "use_vllm=True samples with the policy: drop candidate_model, or set use_vllm=False to sample with it."
@@ -130,13 +135,20 @@ class RAFTTrainer(StageTrainer):
             self.ref_model.eval().requires_grad_(False)
 
         self.eos_token_ids = candidate_generation_config(model, processing_class, args).eos_token_id
+        # The token that ends a text the policy did not sample itself (a dataset completion, a re-tokenized or
+        # replaced one): the tokenizer's eos if it is one of the model's (a chat model's end of turn), else the first.
+        self.end_token_id = (
+            processing_class.eos_token_id
+            if processing_class.eos_token_id in self.eos_token_ids
+            else self.eos_token_ids[0]
+        )
         # Each training prompt's dataset completions as (text, policy token ids); complete answers, so they end
         # with the end-of-sequence token as a finished sample does.
         self.dataset_candidates = None
         if dataset_completions is not None:
             self.dataset_candidates = [
                 [
-                    (text, processing_class(text, add_special_tokens=False)["input_ids"] + [self.eos_token_ids[0]])
+                    (text, processing_class(text, add_special_tokens=False)["input_ids"] + [self.end_token_id])
                     for text in dataset_completions.get(prompt_key(prompt), [])
                 ]
                 for prompt in train_dataset["prompt"]
@@ -245,7 +257,7 @@ class RAFTTrainer(StageTrainer):
         candidate_eos = self.generation_config.eos_token_id
         token_ids = self.processing_class(completions, add_special_tokens=False)["input_ids"]
         return [
-            ids + ([self.eos_token_ids[0]] if candidate and candidate[-1] in candidate_eos else [])
+            ids + ([self.end_token_id] if candidate and candidate[-1] in candidate_eos else [])
             for ids, candidate in zip(token_ids, candidate_ids)
         ]
 
@@ -258,7 +270,7 @@ class RAFTTrainer(StageTrainer):
             bool(candidates["completion_ids"][index]) and candidates["completion_ids"][index][-1] in self.eos_token_ids
         )
         ids = self.processing_class(replacement, add_special_tokens=False)["input_ids"]
-        candidates["completion_ids"][index] = ids + ([self.eos_token_ids[0]] if ended else [])
+        candidates["completion_ids"][index] = ids + ([self.end_token_id] if ended else [])
         candidates["completion"][index] = replacement
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -311,6 +323,19 @@ class RAFTTrainer(StageTrainer):
         )
         return self.args.epochs_per_stage * batches_per_pass
 
+    def model_samples(self, candidates: Candidates) -> torch.Tensor:
+        if "source" not in candidates:
+            return super().model_samples(candidates)
+        return torch.tensor([source == "model" for source in candidates["source"]], dtype=torch.bool)
+
+    def card_candidates(self) -> str:
+        source = self.args.candidate_source
+        if source == "dataset":
+            return "ranks the completions of a candidate dataset for each prompt"
+        return super().card_candidates() + (
+            " together with the completions of a candidate dataset" if source == "both" else ""
+        )
+
     def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
         columns = {name: candidates[name] for name in ("prompt_index", "prompt", "completion")}
         columns["completion_length"] = [len(ids) for ids in candidates["completion_ids"]]
@@ -322,11 +347,12 @@ class RAFTTrainer(StageTrainer):
 
     def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
         kept_texts = [text for text, is_kept in zip(candidates["completion"], kept.tolist()) if is_kept]
-        metrics = {
-            "completion_length_mean": sum(map(len, candidates["completion_ids"])) / len(candidates["completion_ids"]),
-            "kept_distinct_1": distinct_n(kept_texts, 1),
-            "kept_distinct_2": distinct_n(kept_texts, 2),
-        }
+        metrics = {"kept_distinct_1": distinct_n(kept_texts, 1), "kept_distinct_2": distinct_n(kept_texts, 2)}
+        sampled_lengths = [
+            len(ids) for ids, sampled in zip(candidates["completion_ids"], self.model_samples(candidates)) if sampled
+        ]
+        if sampled_lengths:
+            metrics["completion_length_mean"] = sum(sampled_lengths) / len(sampled_lengths)
         if "source" in candidates:
             from_dataset = [source == "dataset" for source, is_kept in zip(candidates["source"], kept) if is_kept]
             metrics["kept_from_dataset"] = sum(from_dataset) / len(from_dataset)

@@ -16,7 +16,7 @@ def stage_records(trainer: Trainer) -> list[dict]:
 
 
 def plot_reward_curve(stages: list[dict], path: str) -> None:
-    """Mean reward of the policy and of the kept best-of-K set per stage."""
+    """Mean reward of the policy's samples (when it sampled) and of the kept best-of-K set per stage."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,8 @@ def plot_reward_curve(stages: list[dict], path: str) -> None:
 
     figure, axes = plt.subplots(figsize=(5, 3.5))
     numbers = [record["stage"] for record in stages]
-    axes.plot(numbers, [record["reward_mean"] for record in stages], marker="o", label="policy (all candidates)")
+    if all("reward_mean" in record for record in stages):
+        axes.plot(numbers, [record["reward_mean"] for record in stages], marker="o", label="policy (all samples)")
     axes.plot(numbers, [record["reward_kept_mean"] for record in stages], marker="s", label="kept (best of K)")
     axes.set_xlabel("stage")
     axes.set_ylabel("mean reward")

@@ -264,7 +264,7 @@ class StageTrainer(Trainer):
             self.log({})
         self._stage_metrics = {
             "stage": stage,
-            **self.reward_metrics(rewards, rewards_per_func, kept),
+            **self.reward_metrics(candidates, rewards, rewards_per_func, kept),
             **self.stage_metrics(candidates, kept),
             **memory,
         }
@@ -346,19 +346,33 @@ class StageTrainer(Trainer):
         """The score candidates are ranked by: the reward, unless a subclass penalises it."""
         return rewards
 
-    def reward_metrics(self, rewards: torch.Tensor, rewards_per_func: torch.Tensor, kept: torch.Tensor) -> dict:
+    def reward_metrics(
+        self, candidates: Candidates, rewards: torch.Tensor, rewards_per_func: torch.Tensor, kept: torch.Tensor
+    ) -> dict:
+        """The stage's reward metrics. `reward_mean`, `reward_std` and `reward_mean/<name>` describe the model's own
+        samples (left out when it sampled none); other candidates' mean is `reward_dataset_mean`."""
         valid = ~torch.isnan(rewards)
-        metrics = {
-            "reward_mean": rewards[valid].mean().item(),
-            "reward_std": rewards[valid].std().item() if valid.sum() > 1 else 0.0,
+        sampled = self.model_samples(candidates)
+        metrics = {}
+        if (valid & sampled).any():
+            policy_rewards = rewards[valid & sampled]
+            metrics["reward_mean"] = policy_rewards.mean().item()
+            metrics["reward_std"] = policy_rewards.std().item() if len(policy_rewards) > 1 else 0.0
+            if len(self.reward_funcs) > 1:
+                for name, column in zip(self.reward_names, rewards_per_func[sampled].T):
+                    metrics[f"reward_mean/{name}"] = column.nanmean().item()
+        if (valid & ~sampled).any():
+            metrics["reward_dataset_mean"] = rewards[valid & ~sampled].mean().item()
+        return {
+            **metrics,
             "reward_kept_mean": rewards[kept].mean().item(),
             "num_kept": int(kept.sum()),
             "num_without_reward": int((~valid).sum()),
         }
-        if len(self.reward_funcs) > 1:
-            for name, column in zip(self.reward_names, rewards_per_func.T):
-                metrics[f"reward_mean/{name}"] = column.nanmean().item()
-        return metrics
+
+    def model_samples(self, candidates: Candidates) -> torch.Tensor:
+        """The mask of candidates the model sampled: all of them, unless a subclass adds others."""
+        return torch.ones(len(candidates["prompt"]), dtype=torch.bool)
 
     def stage_batches(self, examples: list[dict], stage: int) -> Iterator[dict]:
         """Shuffled passes over the kept set, endlessly; the dataloader takes `batches_per_stage()` of them.
@@ -440,6 +454,10 @@ class StageTrainer(Trainer):
             base_model = None  # a local path means nothing on the Hub
         name = model_name or os.path.basename(os.path.abspath(output_dir))
         write_model_card(self, base_model, name, ["raft", "reward-ranked-finetuning", *tags], output_dir)
+
+    def card_candidates(self) -> str:
+        """How the model card says where a stage's candidates come from."""
+        return f"generates {self.args.num_generations} candidates per prompt"
 
     def card_usage(self, base_model: str | None) -> list[str]:
         """Model-card lines on how to use the trained model (none by default)."""

@@ -9,18 +9,25 @@ from trl.import_utils import is_vllm_available
 from .raft_config import RAFTConfig
 
 
-def require_vllm() -> None:
+def check_vllm_settings(args: RAFTConfig) -> None:
+    """Reject `use_vllm` where it cannot work, before any model loads."""
     if not is_vllm_available():
         raise ValueError("use_vllm=True needs vLLM, which is not installed: `pip install vllm` (on a GPU machine).")
+    if args.candidate_source == "dataset":
+        raise ValueError("use_vllm=True with candidate_source='dataset': nothing is sampled; set use_vllm=False.")
+    # Server mode, and tensor parallelism in colocate mode, gather the processes' prompts and cut the completions
+    # back out in equal slices.
+    uneven = args.prompts_drawn_per_stage % args.world_size
+    if uneven and (args.vllm_mode == "server" or args.vllm_tensor_parallel_size > 1):
+        raise ValueError(
+            f"use_vllm with vllm_mode={args.vllm_mode!r} and vllm_tensor_parallel_size="
+            f"{args.vllm_tensor_parallel_size} needs the {args.prompts_drawn_per_stage} prompts a stage draws to "
+            f"split evenly over the {args.world_size} processes: change prompts_per_stage."
+        )
 
 
 def vllm_generation(model: PreTrainedModel, accelerator: Accelerator, tokenizer, args: RAFTConfig) -> VLLMGeneration:
     """A vLLM engine for `model` (loaded from its `name_or_path`), sampling as `args` says."""
-    if args.vllm_mode == "server" and args.prompts_drawn_per_stage % accelerator.num_processes:
-        raise ValueError(
-            f"vllm_mode='server' needs the {args.prompts_drawn_per_stage} prompts a stage draws to split evenly over "
-            f"the {accelerator.num_processes} processes: change prompts_per_stage."
-        )
     return VLLMGeneration(
         model=model,
         accelerator=accelerator,
@@ -37,9 +44,13 @@ def vllm_generation(model: PreTrainedModel, accelerator: Accelerator, tokenizer,
     )
 
 
-def sample_with_vllm(generation: VLLMGeneration, prompt_ids: list[list[int]], per_prompt: int) -> list[list[int]]:
-    """`per_prompt` completions of each prompt, prompt-major, from vLLM holding the model's current weights."""
-    generation.sync_weights()  # the model may have changed since vLLM last saw it (the last stage's fine-tuning)
+def sample_with_vllm(
+    generation: VLLMGeneration, prompt_ids: list[list[int]], per_prompt: int, sync_weights: bool = True
+) -> list[list[int]]:
+    """`per_prompt` completions of each prompt, prompt-major, from vLLM; with `sync_weights` it first takes the
+    model's current weights (which the last stage's fine-tuning changed)."""
+    if sync_weights:
+        generation.sync_weights()
     _, completion_ids, _, _ = generation.generate(
         prompts=[ids for ids in prompt_ids for _ in range(per_prompt)], images=None, num_generations=per_prompt
     )

@@ -3,6 +3,7 @@
 import copy
 import logging
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -69,6 +70,17 @@ def test_dataset_completions_are_ranked_with_the_model_samples(make_model, token
     assert logged_loss == pytest.approx(reference.sft_loss(log_probs), abs=2e-4)
     stage_record = next(record for record in trainer.state.log_history if "kept_from_dataset" in record)
     assert stage_record["kept_from_dataset"] == len(kept_expert) / 4
+    # The policy's metrics describe its own samples; the dataset's completions have their own mean.
+    sampled = [row for row in rows if row["source"] == "model"]
+    from_dataset = [row for row in rows if row["source"] == "dataset"]
+    assert stage_record["reward_mean"] == pytest.approx(sum(r["reward"] for r in sampled) / len(sampled))
+    assert stage_record["reward_dataset_mean"] == pytest.approx(
+        sum(r["reward"] for r in from_dataset) / len(from_dataset)
+    )
+    assert stage_record["completion_length_mean"] == sum(r["completion_length"] for r in sampled) / len(sampled)
+    trainer.create_model_card()
+    card = (Path(args.output_dir) / "README.md").read_text()
+    assert "generates 4 candidates per prompt together with the completions of a candidate dataset" in card
 
 
 @pytest.mark.parametrize("ranking", ["local", "global"])
@@ -100,6 +112,29 @@ def test_dataset_completions_replace_the_model_samples(make_model, tokenizer, pr
     kept = [row for row in rows if row["selected"]]
     assert len(kept) == 1
     assert kept[0]["reward"] == max(rows["reward"])
+    stage_record = next(record for record in trainer.state.log_history if "stage" in record)
+    assert "reward_mean" not in stage_record and "completion_length_mean" not in stage_record  # nothing sampled
+    assert stage_record["reward_dataset_mean"] == pytest.approx(sum(rows["reward"]) / len(rows))
+
+
+def test_completions_the_policy_did_not_sample_end_with_its_end_of_turn_token(
+    make_model, tokenizer, prompts, make_args
+):
+    # A chat model may stop at several tokens; text it did not sample ends with the tokenizer's eos (its end of turn)
+    # when that is one of them, not with the first of the list.
+    model = make_model()
+    other_stop = tokenizer.convert_tokens_to_ids("<unk>")
+    model.generation_config.eos_token_id = [other_stop, tokenizer.eos_token_id]
+    trainer = RAFTTrainer(
+        model,
+        share_of_apple,
+        args=make_args(candidate_source="both"),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        candidate_dataset=EXPERT,
+    )
+    assert trainer.end_token_id == tokenizer.eos_token_id
+    assert all(ids[-1] == tokenizer.eos_token_id for candidates in trainer.dataset_candidates for _, ids in candidates)
 
 
 def test_chat_completions_are_matched_by_their_messages(make_model, tokenizer, make_args):
@@ -126,6 +161,20 @@ def test_chat_completions_are_matched_by_their_messages(make_model, tokenizer, m
     expert_row = next(row for row in file_rows if row["source"] == "dataset")
     assert expert_row["prompt"] == chat and expert_row["completion"] == "apple apple"
     assert expert_row["reward"] == 1.0 and expert_row["selected"]
+
+
+def test_dataset_only_rejects_what_it_would_not_use(make_model, tokenizer, prompts, make_args):
+    for unused in ({"candidate_model": make_model()}, {"prompt_for_generation": str.upper}):
+        with pytest.raises(ValueError, match="candidate_source='dataset' samples nothing"):
+            RAFTTrainer(
+                "no/such-model",
+                share_of_apple,
+                args=make_args(candidate_source="dataset"),
+                train_dataset=prompts,
+                processing_class=tokenizer,
+                candidate_dataset=EXPERT,
+                **unused,
+            )
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,25 @@ def test_phases_reject_what_they_cannot_do(tmp_path, make_args, prompts):
         score_phase(share_of_apple, make_args(beta=0.1), 0)
     with pytest.raises(ValueError, match=r"columns \['completion'\]"):
         generate_phase("no/such-model", make_args(), prompts.add_column("completion", ["x"] * 4), 0)
+    with pytest.raises(ValueError, match=r"columns \['reward'\]"):  # the score phase would overwrite it
+        generate_phase("no/such-model", make_args(), prompts.add_column("reward", [1.0] * 4), 0)
+    with pytest.raises(ValueError, match="stage must be an integer >= 0"):
+        generate_phase("no/such-model", make_args(), prompts, -1)
+    with pytest.raises(ValueError, match="the phases rank the model's samples only"):
+        generate_phase("no/such-model", make_args(candidate_source="both"), prompts, 0)
+    with pytest.raises(ValueError, match="drop --candidate_dataset_name"):
+        cli.run(
+            ["--phase", "score", "--reward_model_name_or_path", "r", "--candidate_dataset_name", "d"]
+            + ["--candidate_source", "both", "--output_dir", str(tmp_path)]
+        )
+
+
+def test_the_score_phase_ranks_with_the_settings_the_candidates_were_generated_with(
+    make_model, tokenizer, prompts, make_args
+):
+    generate_phase(
+        make_model(), make_args(ranking="global", prompts_per_stage=2), prompts, 0, processing_class=tokenizer
+    )
+    with pytest.raises(ValueError, match=r"ranking='local' \(generated with 'global'\), prompts_per_stage=4"):
+        score_phase(share_of_apple, make_args(), 0)
+    score_phase(share_of_apple, make_args(ranking="global", prompts_per_stage=2), 0)

@@ -25,7 +25,8 @@ def test_best_per_group_with_groups_of_any_size_in_any_order():
     assert kept.nonzero().view(-1).tolist() == [
         start + k for start, k in zip(starts, reference.best_of_k(groups_rewards))
     ]
-    # Shuffled, with other group ids: one candidate per group, the group's best (ties go to the earliest one).
+    # Shuffled, with other group ids: one candidate per group, with the group's best score (which of two tied ones
+    # is kept depends on the order, so only the scores are compared).
     permutation = torch.randperm(len(scores), generator=torch.Generator().manual_seed(0))
     shuffled = ranking.best_per_group(scores[permutation], (groups * 7 + 3)[permutation])
     kept_in_shuffle = permutation[shuffled]

@@ -6,9 +6,11 @@ prompt and uses what comes back, and that it refuses `use_vllm` where it cannot 
 """
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from datasets import Dataset
 
 import raft_trainer.vllm_sampling as vllm_sampling
 from raft_trainer import RAFTTrainer
@@ -108,6 +110,14 @@ def test_the_generate_phase_samples_with_vllm(stand_in_vllm, make_model, tokeniz
     assert [row["completion"] for row in rows] == ["apple apple", "dog", "apple fish", "egg"] * 2
 
 
+def test_the_generate_phase_does_not_push_weights_vllm_loaded_itself(stand_in_vllm, local_files, make_args):
+    policy_path, _, _, prompts = local_files
+    args = make_args(use_vllm=True, prompts_per_stage=2, num_generations=4)
+    generate_phase(policy_path, args, Dataset.from_dict({"prompt": prompts}), 0)
+    (engine,) = stand_in_vllm
+    assert [call[0] for call in engine.calls] == ["generate"]  # the policy came from the checkpoint vLLM loads
+
+
 def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer, prompts, make_args):
     monkeypatch.setattr(vllm_sampling, "is_vllm_available", lambda: False)
     with pytest.raises(ValueError, match="use_vllm=True needs vLLM"):  # before the (missing) model is loaded
@@ -130,5 +140,36 @@ def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer
             processing_class=tokenizer,
             candidate_model=make_model(),
         )
+    with pytest.raises(ValueError, match="nothing is sampled"):
+        RAFTTrainer(
+            "no/such-model",
+            share_of_apple,
+            args=make_args(use_vllm=True, candidate_source="dataset"),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            candidate_dataset=Dataset.from_dict({"prompt": ["say something"], "completion": ["apple"]}),
+        )
     with pytest.raises(ValueError, match="vllm_mode must be 'colocate' or 'server'"):
         make_args(vllm_mode="remote")
+
+
+@pytest.mark.parametrize(
+    ("mode", "tensor_parallel_size", "refused"), [("colocate", 1, False), ("colocate", 2, True), ("server", 1, True)]
+)
+def test_vllm_refuses_uneven_shares_where_it_slices_them_evenly(monkeypatch, mode, tensor_parallel_size, refused):
+    # Server mode, and colocate mode with tensor parallelism, gather the processes' prompts and cut the completions
+    # back out in equal slices: 5 prompts over 2 processes would give completions to the wrong prompts.
+    monkeypatch.setattr(vllm_sampling, "is_vllm_available", lambda: True)
+    args = SimpleNamespace(
+        candidate_source="model",
+        prompts_drawn_per_stage=5,
+        world_size=2,
+        vllm_mode=mode,
+        vllm_tensor_parallel_size=tensor_parallel_size,
+    )
+    if refused:
+        with pytest.raises(ValueError, match="split evenly over the 2 processes"):
+            vllm_sampling.check_vllm_settings(args)
+    else:
+        vllm_sampling.check_vllm_settings(args)
+    vllm_sampling.check_vllm_settings(SimpleNamespace(**{**vars(args), "prompts_drawn_per_stage": 6}))
