@@ -3,8 +3,9 @@
 The floor does the same work with nothing around it, stage after stage: plain `model.generate` of the same prompts
 (same batches, same sampling settings, same seed), one plain forward of the reward model over them, and the same
 number of plain AdamW steps on batches of the same size. The ratio RAFT / floor is RAFT's overhead: the Trainer
-(its one-time set-up included), ranking, stage files, logging. Repetitions alternate RAFT and floor so that drift
-hits both.
+(its one-time set-up included), ranking, stage files, logging. The same stages are also run as decoupled phases
+(`raft_trainer.phases`: generate, score and fine-tune each loading its model from disk and handing over files), whose
+ratio to RAFT is what decoupling costs. Repetitions alternate the three so that drift hits all.
 
     python benchmarks/stage_overhead.py --repeats 5                  # 4 stages
     python benchmarks/stage_overhead.py --repeats 5 --num_stages 1   # the Trainer's one-time start weighs more
@@ -22,6 +23,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from raft_trainer import RAFTConfig, RAFTTrainer
 from raft_trainer.cli import TOY_DEFAULTS
+from raft_trainer.phases import finetune_phase, generate_phase, score_phase
 from raft_trainer.raft_trainer import candidate_generation_config, tokenize_prompts
 from raft_trainer.sequences import generate_completions, sft_example
 from raft_trainer.stage_trainer import stage_prompt_indices
@@ -39,6 +41,17 @@ def raft_stage_seconds(models, prompts, output_dir: str, num_stages: int) -> flo
     trainer = RAFTTrainer(models.policy_path, models.reward_model_path, args=args, train_dataset=prompts)
     start = time.perf_counter()
     trainer.train()
+    return time.perf_counter() - start
+
+
+def phases_seconds(models, prompts, output_dir: str, num_stages: int) -> float:
+    args = RAFTConfig(output_dir=output_dir, report_to="none", save_strategy="no", disable_tqdm=True, **STAGE)
+    policy = models.policy_path
+    start = time.perf_counter()
+    for stage in range(num_stages):
+        generate_phase(policy, args, prompts, stage)
+        score_phase(models.reward_model_path, args, stage)
+        policy = finetune_phase(policy, args, stage)
     return time.perf_counter() - start
 
 
@@ -87,17 +100,25 @@ def main() -> None:
     options = parser.parse_args()
     world = make_world(seed=0)
     models = prepare_models(world, options.cache_dir, seed=0)
-    raft_times, floor_times = [], []
+    raft_times, floor_times, phases_times = [], [], []
     with tempfile.TemporaryDirectory() as output_dir:
         for _ in range(options.repeats):
             raft_times.append(raft_stage_seconds(models, world.train_prompts, output_dir, options.num_stages))
             floor_times.append(floor_seconds(models, world.train_prompts, options.num_stages))
+            phases_dir = os.path.join(output_dir, "phases")
+            phases_times.append(phases_seconds(models, world.train_prompts, phases_dir, options.num_stages))
     ratios = [raft / floor for raft, floor in zip(raft_times, floor_times)]
+    phase_ratios = [phases / raft for phases, raft in zip(phases_times, raft_times)]
     b, k = STAGE["prompts_per_stage"], STAGE["num_generations"]
     print(f"{options.num_stages} stages of b={b} K={k}, {options.repeats} repeats")
     print(f"RAFT         median {statistics.median(raft_times):.2f} s  {[round(t, 2) for t in raft_times]}")
     print(f"raw floor    median {statistics.median(floor_times):.2f} s  {[round(t, 2) for t in floor_times]}")
     print(f"overhead     median {statistics.median(ratios):.3f}x  (min {min(ratios):.3f}x, max {max(ratios):.3f}x)")
+    print(f"phases       median {statistics.median(phases_times):.2f} s  {[round(t, 2) for t in phases_times]}")
+    print(
+        f"phases/RAFT  median {statistics.median(phase_ratios):.3f}x  "
+        f"(min {min(phase_ratios):.3f}x, max {max(phase_ratios):.3f}x)"
+    )
 
 
 if __name__ == "__main__":
