@@ -1,7 +1,6 @@
 """Evaluate a Stable Diffusion pipeline with image rewards before and after RAFT: the paper's Table 8 (aesthetic and
 CLIP score, mean ± std, on in-domain and out-of-domain prompts)."""
 
-import json
 import os
 from collections.abc import Callable
 
@@ -10,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .diffusion_raft_trainer import DiffusionRAFTTrainer
-from .files import atomic_path
+from .files import write_json
 from .run_log import stage_records
 
 EVALUATION_FILE = "evaluation.json"
@@ -113,8 +112,7 @@ def train_and_evaluate_images(
         "after": after,
     }
     if trainer.is_world_process_zero():
-        with atomic_path(os.path.join(args.output_dir, EVALUATION_FILE)) as partial, open(partial, "w") as file:
-            json.dump(evaluation, file, indent=2)
+        write_json(os.path.join(args.output_dir, EVALUATION_FILE), evaluation)
     return {"stages": stage_records(trainer), "evaluation": evaluation}
 
 

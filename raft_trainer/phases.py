@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, T
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
-from .files import atomic_path
+from .files import write_json
 from .raft_config import RAFTConfig
 from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
 from .rewards import as_reward_functions, reward_function_name
@@ -125,9 +125,9 @@ def generate_phase(
         **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items() if name != "prompt"},
     }
     if processes.is_main_process:
-        settings = {name: getattr(args, name) for name in RANKING_SETTINGS}
-        with atomic_path(settings_file_path(args.output_dir, stage)) as partial, open(partial, "w") as file:
-            json.dump(settings, file)
+        write_json(
+            settings_file_path(args.output_dir, stage), {name: getattr(args, name) for name in RANKING_SETTINGS}
+        )
     path = candidates_file_path(args.output_dir, stage)
     write_on_main_process({name: gather_object(values) for name, values in columns.items()}, path, processes)
     return path

@@ -1,6 +1,5 @@
 """A RAFT run from start to report: evaluate, train, evaluate, and write `summary.json` and `reward_curve.png`."""
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -8,7 +7,7 @@ from collections.abc import Callable
 from datasets import Dataset
 
 from .evaluation import evaluate_policy
-from .files import atomic_path
+from .files import write_json
 from .raft_trainer import RAFTTrainer
 from .run_log import plot_reward_curve, stage_records
 
@@ -34,7 +33,6 @@ def train_and_report(
         "wall_seconds": time.time() - start,
     }
     if trainer.is_world_process_zero():
-        with atomic_path(os.path.join(output_dir, "summary.json")) as partial, open(partial, "w") as file:
-            json.dump(summary, file, indent=2)
+        write_json(os.path.join(output_dir, "summary.json"), summary)
         plot_reward_curve(summary["stages"], os.path.join(output_dir, "reward_curve.png"))
     return summary

@@ -14,7 +14,7 @@ import os
 
 from trl import TrlParser
 
-from ..files import atomic_path
+from ..files import write_text
 from .report import comparison_markdown, seed_summary
 from .run import compare
 from .settings import CompareArguments
@@ -79,8 +79,7 @@ def summarize(directories: list[str], output_dir: str) -> str:
         with open(path) as file:
             all_results.append(json.load(file))
     text = seed_summary(all_results)
-    with atomic_path(os.path.join(output_dir, "summary.md")) as partial, open(partial, "w") as file:
-        file.write(text)
+    write_text(os.path.join(output_dir, "summary.md"), text)
     return text
 
 

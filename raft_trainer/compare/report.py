@@ -1,10 +1,9 @@
 """The comparison's outputs: `results.json`, `comparison.md` (the paper's Table 3) and the reward plots."""
 
-import json
 import os
 import statistics
 
-from ..files import atomic_path
+from ..files import atomic_path, write_json, write_text
 
 # (results key, column title, format) of the table, as in the paper's Table 3 plus cost.
 COLUMNS = (
@@ -26,10 +25,8 @@ PLOTS = ("reward_vs_samples.png", "reward_vs_time.png", "reward_vs_perplexity.pn
 
 def write_report(results: dict, output_dir: str) -> None:
     """Write `results.json`, `comparison.md` and the plots in `output_dir`, each atomically."""
-    with atomic_path(os.path.join(output_dir, "results.json")) as partial, open(partial, "w") as file:
-        json.dump(results, file, indent=2)
-    with atomic_path(os.path.join(output_dir, "comparison.md")) as partial, open(partial, "w") as file:
-        file.write(comparison_markdown(results))
+    write_json(os.path.join(output_dir, "results.json"), results)
+    write_text(os.path.join(output_dir, "comparison.md"), comparison_markdown(results))
     plot_curves(results, output_dir)
 
 

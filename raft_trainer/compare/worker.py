@@ -6,7 +6,6 @@ parent it was forked from before exec), the CUDA peak allocation on GPU.
 """
 
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import resource
@@ -16,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from transformers.utils import logging as transformers_logging
 
 from ..evaluation import evaluate_model, reward_function_scorer
-from ..files import atomic_path
+from ..files import write_json
 from ..raft_trainer import sampling_config
 from ..rewards import RewardModel
 from .methods import TRAINERS, Run
@@ -74,8 +73,7 @@ def train_and_measure(run: Run) -> dict:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "curve": curve.points,
     }
-    with atomic_path(os.path.join(run.output_dir, "row.json")) as partial, open(partial, "w") as file:
-        json.dump(row, file, indent=2)
+    write_json(os.path.join(run.output_dir, "row.json"), row)
     return row
 
 
