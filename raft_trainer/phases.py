@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, set_seed
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
@@ -29,7 +29,7 @@ from .files import write_json
 from .raft_config import RAFTConfig
 from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
 from .rewards import as_reward_functions, reward_function_name
-from .sequences import generate_completions, sft_example
+from .sequences import generate_completions, load_tokenizer, sft_example
 from .stage_trainer import (
     contiguous_share,
     each_prompt_repeated,
@@ -242,10 +242,7 @@ def load_policy(model: str | PreTrainedModel, processing_class, args: RAFTConfig
     """The policy and its tokenizer (with a pad token), loaded when given by id or path."""
     if isinstance(model, str):
         model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
-    tokenizer = processing_class or AutoTokenizer.from_pretrained(model.name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(model.name_or_path, processing_class)
 
 
 def read_jsonl(path: str, previous_phase: str, stage: int) -> dict[str, list]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from datasets import Dataset
 from peft import PeftConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -24,7 +24,7 @@ from .memory import visiting
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
-from .sequences import completion_token_log_probs, generate_completions, sft_example
+from .sequences import completion_token_log_probs, generate_completions, load_tokenizer, sft_example
 from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
 from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
@@ -85,10 +85,7 @@ class RAFTTrainer(StageTrainer):
         # Everything about the prompts is checked before any model is loaded.
         validate_prompt_dataset(train_dataset)
         model_id = model if isinstance(model, str) else None
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model_id or model.name_or_path)
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
+        processing_class = load_tokenizer(model_id or model.name_or_path, processing_class)
         if prompt_for_generation is not None and not callable(prompt_for_generation):
             raise ValueError(f"prompt_for_generation must be a callable (got {type(prompt_for_generation).__name__}).")
         if (candidate_dataset is None) != (args.candidate_source == "model"):
@@ -161,11 +158,7 @@ class RAFTTrainer(StageTrainer):
             if isinstance(candidate_model, str):
                 candidate_model = AutoModelForCausalLM.from_pretrained(candidate_model, **model_init_kwargs)
             self.candidate_model = candidate_model.eval().requires_grad_(False)
-            self.candidate_tokenizer = candidate_processing_class or AutoTokenizer.from_pretrained(
-                candidate_model.name_or_path
-            )
-            if self.candidate_tokenizer.pad_token is None:
-                self.candidate_tokenizer.pad_token = self.candidate_tokenizer.eos_token
+            self.candidate_tokenizer = load_tokenizer(candidate_model.name_or_path, candidate_processing_class)
         self.generation_config = candidate_generation_config(
             self.candidate_model or model, self.candidate_tokenizer, args
         )

@@ -4,8 +4,17 @@ import copy
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl.trainer.utils import pad, selective_log_softmax
+
+
+def load_tokenizer(name_or_path: str, tokenizer=None):
+    """`tokenizer`, or the one at `name_or_path` when none is given; one without a pad token gets its eos token as
+    pad token, since batches are padded."""
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def sft_example(prompt_ids: list[int], completion_ids: list[int]) -> dict[str, list[int]]:

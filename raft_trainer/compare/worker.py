@@ -11,13 +11,14 @@ import os
 import resource
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, set_seed
 from transformers.utils import logging as transformers_logging
 
 from ..evaluation import evaluate_model, reward_function_scorer
 from ..files import write_json
 from ..raft_trainer import sampling_config
 from ..rewards import RewardModel
+from ..sequences import load_tokenizer
 from .methods import TRAINERS, Run
 from .progress import RewardCurve, Stopwatch
 from .settings import CompareArguments
@@ -123,13 +124,6 @@ class Evaluator:
             "perplexity": results.pop("perplexity", None),
             **results,
         }
-
-
-def load_tokenizer(path: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def resident_memory_mb() -> float:

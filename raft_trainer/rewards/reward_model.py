@@ -3,6 +3,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import apply_chat_template, is_conversational
 
+from ..sequences import load_tokenizer
+
 
 class RewardModel:
     """A sequence-classification reward model (`num_labels=1`) used as a reward function.
@@ -25,10 +27,7 @@ class RewardModel:
                 f"reward model {model.name_or_path!r} has num_labels={model.config.num_labels}; a reward model must "
                 "output one score per sequence (num_labels=1)."
             )
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(model.name_or_path, tokenizer)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         self.model = model.eval().requires_grad_(False)
