@@ -10,6 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from .diffusion_raft_trainer import DiffusionRAFTTrainer
 from .files import write_json
+from .memory import move_models
 from .run_log import stage_records
 
 EVALUATION_FILE = "evaluation.json"
@@ -82,9 +83,7 @@ def train_and_evaluate_images(
     Every process evaluates the same images; the first one writes the file.
     """
     args = trainer.args
-    for function in reward_functions.values():
-        if hasattr(function, "to"):
-            function.to(trainer.accelerator.device)  # the trainer only moves its own reward functions
+    move_models(reward_functions.values(), trainer.accelerator.device)  # the trainer moves only its own
     settings = dict(
         images_per_prompt=images_per_prompt,
         seed=args.seed,

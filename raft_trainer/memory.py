@@ -12,6 +12,14 @@ import torch
 from accelerate.utils.memory import clear_device_cache
 
 
+def move_models(models, device: torch.device) -> None:
+    """Move each of `models` that is a model (anything with `.to`: modules, reward models) to `device`; reward
+    functions that are plain callables, and None, are passed over."""
+    for model in models:
+        if hasattr(model, "to"):
+            model.to(device)
+
+
 @contextmanager
 def visiting(model, device: torch.device, offload: bool) -> Iterator[None]:
     """With `offload`, move `model` (anything with `.to`) to `device` for the block and back to the CPU after it."""

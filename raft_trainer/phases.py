@@ -26,6 +26,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
 from .files import write_json
+from .memory import move_models
 from .raft_config import RAFTConfig
 from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
 from .rewards import as_reward_functions, reward_function_name
@@ -167,9 +168,7 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         batch_size=args.generation_batch_size,
     )
     weights = reward_weight_tensor(args.reward_weights, len(reward_funcs))
-    for function in reward_funcs:
-        if hasattr(function, "to"):
-            function.to(args.device)
+    move_models(reward_funcs, args.device)
     # Each process scores a contiguous share of the candidates; the rewards are gathered and ranked whole.
     mine = {
         name: contiguous_share(values, processes.process_index, processes.num_processes)

@@ -20,7 +20,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import ranking
 from .candidate_dataset import completions_by_prompt, prompt_key
-from .memory import visiting
+from .memory import move_models, visiting
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
@@ -186,9 +186,8 @@ class RAFTTrainer(StageTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        for frozen_model in (self.ref_model, self.candidate_model):
-            if frozen_model is not None and not args.offload_inactive_models:
-                frozen_model.to(self.accelerator.device)
+        if not args.offload_inactive_models:
+            move_models((self.ref_model, self.candidate_model), self.accelerator.device)
         self.vllm_generation = None
         if args.use_vllm:
             self.vllm_generation = vllm_generation(self.model, self.accelerator, processing_class, args)

@@ -28,7 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from . import ranking
 from .callbacks import StageTableCallback
 from .files import atomic_path
-from .memory import PhaseMemory, visiting
+from .memory import PhaseMemory, move_models, visiting
 from .model_card import write_model_card
 from .rewards import RewardFunction, reward_function_name
 from .sample_table import report_sample_table
@@ -205,9 +205,7 @@ class StageTrainer(Trainer):
             )
         self.phase_memory = PhaseMemory(self.accelerator.device)
         if not args.offload_inactive_models:
-            for function in reward_funcs:
-                if hasattr(function, "to"):
-                    function.to(self.accelerator.device)
+            move_models(reward_funcs, self.accelerator.device)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The stage cycle
