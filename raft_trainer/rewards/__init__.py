@@ -6,11 +6,11 @@ and every other dataset column, one list entry per candidate, and returns one fl
 no reward for that candidate).
 """
 
-import importlib
 from collections.abc import Callable
 
 from transformers import PreTrainedModel
 
+from ..lazy import lazy_attributes
 from .reward_model import RewardModel
 
 RewardFunction = Callable[..., list]
@@ -56,14 +56,10 @@ def reward_function_name(function: RewardFunction) -> str:
     return getattr(function, "__name__", None) or type(function).__name__
 
 
-# The image rewards need open_clip: imported on first use, so that language-model runs start without it.
-_IMAGE_REWARDS = {"AestheticHead": ".aesthetic", "AestheticScorer": ".aesthetic", "CLIPScore": ".clip_score"}
-
-
-def __getattr__(name: str):
-    if name in _IMAGE_REWARDS:
-        return getattr(importlib.import_module(_IMAGE_REWARDS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The image rewards need open_clip.
+__getattr__ = lazy_attributes(
+    __name__, {"AestheticHead": ".aesthetic", "AestheticScorer": ".aesthetic", "CLIPScore": ".clip_score"}
+)
 
 
 __all__ = [
