@@ -115,15 +115,16 @@ def generate_phase(
         )
     prompt_of = each_prompt_repeated(len(mine), args.generations_per_prompt)
     prompt_rows = train_dataset.select(mine).to_dict()
+    prompts = prompt_rows.pop("prompt")
     columns = {
         "stage": [stage] * len(prompt_of),
         "group": [places[i] for i in prompt_of],
         "prompt_index": [mine[i] for i in prompt_of],
-        "prompt": [prompt_rows["prompt"][i] for i in prompt_of],
+        "prompt": [prompts[i] for i in prompt_of],
         "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         "prompt_ids": [prompt_ids[mine[i]] for i in prompt_of],
         "completion_ids": completion_ids,
-        **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items() if name != "prompt"},
+        **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items()},
     }
     if processes.is_main_process:
         write_json(

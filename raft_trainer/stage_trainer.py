@@ -221,8 +221,8 @@ class StageTrainer(Trainer):
         stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
         positions = self.process_share(range(len(stage_indices)))  # this process's places in the stage's draw
         prompt_indices = [stage_indices[position] for position in positions]
-        rows = self.train_dataset.select(prompt_indices)
-        prompts = list(rows["prompt"])
+        rows = self.train_dataset.select(prompt_indices).to_dict()  # read once: the prompts and the other columns
+        prompts = rows.pop("prompt")
         memory = {}
         with self.phase_memory.phase("generate", memory):
             candidates = self.generate(prompt_indices, prompts)
@@ -234,7 +234,7 @@ class StageTrainer(Trainer):
         candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
         candidates["prompt"] = [prompts[i] for i in prompt_of]
 
-        columns = {name: [values[i] for i in prompt_of] for name, values in rows.to_dict().items() if name != "prompt"}
+        columns = {name: [values[i] for i in prompt_of] for name, values in rows.items()}
         kept_by_filter = self.apply_sample_filter(candidates, columns)
         with self.phase_memory.phase("score", memory):
             rewards, rewards_per_func = self.score(candidates, columns)
