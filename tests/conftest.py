@@ -65,27 +65,36 @@ def local_files(tmp_path, tokenizer, make_model):
     return str(tmp_path / "policy"), str(tmp_path / "reward"), data, prompts
 
 
-@pytest.fixture
-def make_args(tmp_path):
+def config_maker(tmp_path, config_class, **defaults):
+    """A factory of quiet one-stage test configurations of `config_class` writing to `tmp_path/out`: `defaults`,
+    then the keywords each call gives, override the common settings."""
+    common = dict(
+        output_dir=str(tmp_path / "out"),
+        num_stages=1,
+        prompts_per_stage=4,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+
     def make(**overrides):
-        fields = dict(
-            output_dir=str(tmp_path / "out"),
-            num_stages=1,
-            prompts_per_stage=4,
-            num_generations=4,
-            max_completion_length=8,
-            epochs_per_stage=1,
-            per_device_train_batch_size=4,
-            learning_rate=5e-3,
-            report_to="none",
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        )
-        fields.update(overrides)
-        return RAFTConfig(**fields)
+        return config_class(**{**common, **defaults, **overrides})
 
     return make
+
+
+@pytest.fixture
+def make_args(tmp_path):
+    return config_maker(
+        tmp_path,
+        RAFTConfig,
+        num_generations=4,
+        max_completion_length=8,
+        epochs_per_stage=1,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+    )
 
 
 def share_of_apple(completions, **kwargs):

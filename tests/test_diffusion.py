@@ -17,6 +17,8 @@ from raft_trainer.diffusion_raft_trainer import LORA_WEIGHT_NAME
 from raft_trainer.stage_trainer import stage_file_path
 from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 
+from .conftest import config_maker
+
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 
 
@@ -35,27 +37,17 @@ def prompts():
 
 @pytest.fixture
 def make_args(tmp_path):
-    def make(**overrides):
-        fields = dict(
-            output_dir=str(tmp_path / "out"),
-            num_stages=1,
-            prompts_per_stage=4,
-            num_generations=3,
-            height=32,
-            width=32,
-            num_inference_steps=3,
-            iterations_per_stage=3,
-            per_device_train_batch_size=2,
-            learning_rate=1e-2,
-            report_to="none",
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        )
-        fields.update(overrides)
-        return DiffusionRAFTConfig(**fields)
-
-    return make
+    return config_maker(
+        tmp_path,
+        DiffusionRAFTConfig,
+        num_generations=3,
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        iterations_per_stage=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+    )
 
 
 def read_stage(output_dir: str, stage: int = 0) -> list[dict]:
