@@ -19,7 +19,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from raft_trainer import RAFTConfig, RAFTTrainer
-from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = [f"w{i}" for i in range(2000)]
 CONFIGURATIONS = {

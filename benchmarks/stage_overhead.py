@@ -24,11 +24,10 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from raft_trainer import RAFTConfig, RAFTTrainer
 from raft_trainer.cli import TOY_DEFAULTS
 from raft_trainer.phases import finetune_phase, generate_phase, score_phase
-from raft_trainer.raft_trainer import candidate_generation_config, tokenize_prompts
-from raft_trainer.sequences import generate_completions, sft_example
-from raft_trainer.stage_trainer import stage_prompt_indices
-from raft_trainer.toy.pipeline import prepare_models
-from raft_trainer.toy.world import make_world
+from raft_trainer.sequences import candidate_generation_config, generate_completions, sft_example, tokenize_prompts
+from raft_trainer.stages.prompts import stage_prompt_indices
+from raft_trainer.tasks.toy.pipeline import prepare_models
+from raft_trainer.tasks.toy.world import make_world
 
 STAGE = {key: TOY_DEFAULTS[key] for key in ("prompts_per_stage", "num_generations", "max_completion_length")}
 STAGE.update(epochs_per_stage=2, per_device_train_batch_size=16, learning_rate=5e-4, generation_batch_size=256, seed=0)

@@ -7,10 +7,8 @@ from .rewards import RewardModel
 from .stage_config import StageConfig
 from .stage_trainer import StageTrainer
 
-# The diffusion side needs diffusers and open_clip.
-__getattr__ = lazy_attributes(
-    __name__, {"DiffusionRAFTConfig": ".diffusion_raft_config", "DiffusionRAFTTrainer": ".diffusion_raft_trainer"}
-)
+# The diffusion side needs diffusers and open_clip (the `diffusion` extra): imported on first use.
+__getattr__ = lazy_attributes(__name__, {"DiffusionRAFTConfig": ".diffusion", "DiffusionRAFTTrainer": ".diffusion"})
 
 
 __all__ = [

@@ -6,8 +6,11 @@ itself; a prompt may have any number of completions.
 """
 
 import json
+import logging
 
 from datasets import Dataset
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_key(prompt) -> str:
@@ -51,3 +54,17 @@ def completions_by_prompt(candidate_dataset, train_dataset: Dataset) -> dict[str
             "prompts by the prompt itself (the same text, or the same chat messages)."
         )
     return completions
+
+
+def prompts_with_completions(
+    dataset: Dataset, prompt_ids: list[list[int]], completions: dict[str, list[str]]
+) -> tuple[Dataset, list[list[int]]]:
+    """The prompts of `dataset` (and their token ids) that have completions in `completions`."""
+    matched = [i for i, prompt in enumerate(dataset["prompt"]) if prompt_key(prompt) in completions]
+    if len(matched) < len(dataset):
+        logger.warning(
+            "candidate_source='dataset': dropped %d of %d prompts that candidate_dataset has no completion for.",
+            len(dataset) - len(matched),
+            len(dataset),
+        )
+    return dataset.select(matched), [prompt_ids[i] for i in matched]

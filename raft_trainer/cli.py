@@ -11,15 +11,17 @@ Every `RAFTConfig` field is a flag (`raft-train --help` lists them).
 import os
 from dataclasses import dataclass, field
 
-from datasets import Dataset, load_dataset
+from datasets import load_dataset
 from trl import TrlParser
 
+from .arguments import check_phase_arguments, check_raft_arguments
 from .phases import finetune_phase, generate_phase, score_phase
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
-from .report import train_and_report
-from .toy.pipeline import prepare_models
-from .toy.world import make_world, true_score
+from .reporting.summary import train_and_report
+from .tasks.prompt_datasets import load_prompts
+from .tasks.toy.pipeline import prepare_models
+from .tasks.toy.world import make_world, true_score
 
 # The miniature world's defaults, used when no model is named; any flag overrides them.
 TOY_DEFAULTS = dict(
@@ -103,15 +105,13 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), run RAFT with its evaluation and report; returns the summary."""
     script_args, args = parse_args(argv)
-    if (script_args.candidate_dataset_name is None) != (args.candidate_source == "model"):
-        raise ValueError(
-            "--candidate_source both or dataset needs --candidate_dataset_name, and --candidate_dataset_name needs "
-            f"one of them (got --candidate_source {args.candidate_source})."
-        )
+    has_candidate_dataset = script_args.candidate_dataset_name is not None
     if script_args.phase != "all":
+        check_phase_arguments(args, has_candidate_dataset)
         path = run_phase(script_args, args)
         print(f"Wrote {path}")
         return {"path": path}
+    check_raft_arguments(args, has_candidate_dataset=has_candidate_dataset, dataset_loaded=False)
     if script_args.model_name_or_path is None:
         world = make_world(seed=args.seed, num_pairs=script_args.toy_num_pairs, num_eval=script_args.num_eval_prompts)
         models = prepare_models(
@@ -157,30 +157,12 @@ def run_phase(script_args: ScriptArguments, args: RAFTConfig) -> str:
     missing = [f"--{name}" for name in needs if getattr(script_args, name) is None]
     if missing:
         raise ValueError(f"--phase {script_args.phase} needs {' and '.join(missing)}.")
-    if script_args.candidate_dataset_name is not None:
-        raise ValueError("--phase ranks the model's samples only: drop --candidate_dataset_name.")
     if script_args.phase == "generate":
         train_prompts = load_prompts(script_args)[0]
         return generate_phase(script_args.model_name_or_path, args, train_prompts, script_args.stage)
     if script_args.phase == "score":
         return score_phase(script_args.reward_model_name_or_path, args, script_args.stage)
     return finetune_phase(script_args.model_name_or_path, args, script_args.stage)
-
-
-def load_prompts(script_args: ScriptArguments) -> tuple[Dataset, Dataset, Dataset | None]:
-    """Training prompts, held-out prompts and (when the test split has a 'chosen' column) held-out chosen answers."""
-    dataset = load_dataset(script_args.dataset_name, script_args.dataset_config)
-    train = dataset[script_args.dataset_train_split]
-    if script_args.dataset_test_split is None or script_args.dataset_test_split not in dataset:
-        split = train.train_test_split(test_size=min(script_args.num_eval_prompts, len(train) // 10 or 1), seed=0)
-        train, test = split["train"], split["test"]
-    else:
-        test = dataset[script_args.dataset_test_split]
-    test = test.select(range(min(script_args.num_eval_prompts, len(test))))
-    chosen = None
-    if "chosen" in test.column_names:
-        chosen = Dataset.from_dict({"prompt": list(test["prompt"]), "completion": list(test["chosen"])})
-    return train, test.select_columns(["prompt"]), chosen
 
 
 def print_evaluation(evaluation: dict) -> None:

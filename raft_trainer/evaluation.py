@@ -12,8 +12,8 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .metrics import perplexity, text_metrics
-from .raft_trainer import RAFTTrainer, completion_reward_inputs, tokenize_prompts
-from .sequences import generate_completions, sft_example
+from .raft_trainer import RAFTTrainer
+from .sequences import completion_reward_inputs, generate_completions, sft_example, tokenize_prompts
 
 # Scores candidates: called with their columns (`prompt`, `completion`, `completion_ids`) and the prompts' other
 # dataset columns (one entry per candidate); returns one reward per candidate.

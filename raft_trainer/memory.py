@@ -1,4 +1,4 @@
-"""Memory of a RAFT stage: peaks per phase, and models that only visit the accelerator while they work.
+"""Memory of a RAFT stage: peaks per phase, models that only visit the accelerator while they work, eval mode.
 
 RAFT's phases are decoupled, so only the model a phase uses needs the accelerator: reward models (and the KL
 reference) can wait on the CPU while the policy generates and trains.
@@ -32,6 +32,18 @@ def visiting(model, device: torch.device, offload: bool) -> Iterator[None]:
     finally:
         model.to("cpu")
         clear_device_cache()
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode for the block (no dropout: generation, scoring, evaluation), then back in the mode it was
+    in, since a trainer leaves its model in training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class PhaseMemory:

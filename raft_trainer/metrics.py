@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from .memory import eval_mode
 from .sequences import completion_token_log_probs
 
 
@@ -61,12 +62,10 @@ def text_metrics(texts: Sequence[str]) -> dict[str, float]:
 @torch.no_grad()
 def perplexity(model: PreTrainedModel, examples: list[dict], collator: Callable, batch_size: int = 32) -> float:
     """exp(total NLL / total tokens) of the completions of SFT `examples` (`sequences.sft_example`) under `model`."""
-    was_training = model.training
-    model.eval()
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        token_log_probs, mask = completion_token_log_probs(model, collator(examples[start : start + batch_size]))
-        total_nll -= (token_log_probs * mask).sum().item()
-        total_tokens += int(mask.sum())
-    model.train(was_training)
+    with eval_mode(model):
+        total_nll, total_tokens = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            token_log_probs, mask = completion_token_log_probs(model, collator(examples[start : start + batch_size]))
+            total_nll -= (token_log_probs * mask).sum().item()
+            total_tokens += int(mask.sum())
     return math.exp(total_nll / total_tokens)

@@ -24,25 +24,30 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, set_seed
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from . import ranking
+from .arguments import check_phase_arguments
 from .files import write_json
 from .memory import move_models
 from .raft_config import RAFTConfig
-from .raft_trainer import candidate_generation_config, completion_reward_inputs, tokenize_prompts
 from .rewards import as_reward_functions, reward_function_name
-from .sequences import generate_completions, load_tokenizer, sft_example
-from .stage_trainer import (
-    contiguous_share,
-    each_prompt_repeated,
-    reward_columns,
-    reward_weight_tensor,
-    score_candidates,
+from .sequences import (
+    candidate_generation_config,
+    completion_reward_inputs,
+    generate_completions,
+    load_tokenizer,
+    sft_example,
+    tokenize_prompts,
+)
+from .stages import selection
+from .stages.prompts import contiguous_share, each_prompt_repeated, stage_prompt_indices, validate_prompt_dataset
+from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
+from .stages.stage_files import (
+    candidates_file_path,
+    settings_file_path,
     stage_file_path,
-    stage_prompt_indices,
-    validate_prompt_dataset,
+    stage_model_path,
     write_stage_file,
 )
-from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
+from .vllm_sampling import sample_with_vllm, vllm_generation
 
 # The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
 CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "prompt_ids", "completion_ids")
@@ -50,18 +55,6 @@ CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "
 STAGE_COLUMNS = ("completion_length", "reward", "selected")
 # The settings a candidates file was made with, which the score phase must share to rank it as intended.
 RANKING_SETTINGS = ("ranking", "prompts_per_stage", "num_generations")
-
-
-def candidates_file_path(output_dir: str, stage: int) -> str:
-    return os.path.join(output_dir, "stages", f"candidates_{stage:03d}.jsonl")
-
-
-def stage_model_path(output_dir: str, stage: int) -> str:
-    return os.path.join(output_dir, "models", f"stage_{stage:03d}")
-
-
-def settings_file_path(output_dir: str, stage: int) -> str:
-    return os.path.join(output_dir, "stages", f"candidates_{stage:03d}.settings.json")
 
 
 def generate_phase(
@@ -77,19 +70,13 @@ def generate_phase(
             f"train_dataset has columns {sorted(clashes)}, which the phases' files use themselves: rename them with "
             "dataset.rename_column(old, new)."
         )
-    if args.candidate_source != "model":
-        raise ValueError(
-            f"candidate_source={args.candidate_source!r}: the phases rank the model's samples only; use RAFTTrainer "
-            "for candidates from a dataset."
-        )
+    check_phase_arguments(args)
     processes = PartialState()
     if args.prompts_drawn_per_stage < processes.num_processes:
         raise ValueError(
             f"the {args.prompts_drawn_per_stage} prompts a stage draws are fewer than the {processes.num_processes} "
             "processes: raise prompts_per_stage."
         )
-    if args.use_vllm:
-        check_vllm_settings(args)
     from_memory = isinstance(model, PreTrainedModel)  # its weights may differ from the checkpoint vLLM loads
     model, tokenizer = load_policy(model, processing_class, args)
     train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
@@ -184,7 +171,7 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
     rewards, rewards_per_func = (
         torch.cat(gather_object([tensor])) for tensor in score_candidates(reward_funcs, weights, kwargs, args.device)
     )
-    kept = ranking.select(rewards, args.ranking, torch.tensor(columns["group"]), args.prompts_per_stage)
+    kept = selection.select(rewards, args.ranking, torch.tensor(columns["group"]), args.prompts_per_stage)
     if not kept.any():
         raise RuntimeError(f"stage {stage} kept no candidate: none got a reward (None/NaN).")
     rows = {

@@ -24,11 +24,45 @@ class RAFTConfig(StageConfig):
             drops prompts over 256 tokens. `None` keeps every prompt.
         max_completion_length (`int`, *optional*, defaults to `128`):
             Maximum number of generated tokens per candidate.
+        mask_truncated_completions (`bool`, *optional*, defaults to `False`):
+            A candidate cut off at `max_completion_length` (no end-of-sequence token) is never kept, nor trained on.
         beta (`float`, *optional*, defaults to `0.0`):
             KL coefficient: with `beta > 0` candidates are ranked by r - beta * (log p(y|x) - log p_ref(y|x))
             (paper Eq. 5), p_ref being the frozen initial model. With `0` no reference model is loaded.
         epochs_per_stage (`int`, *optional*, defaults to `2`):
-            SFT passes over each stage's kept set.
+            Passes of `prompts_per_stage` samples a stage trains on. The Trainer fixes its step count up front, so a
+            stage always makes `epochs_per_stage * ceil(prompts_per_stage / batch)` steps, drawing shuffled passes
+            over whatever it kept: with more kept than `prompts_per_stage` (`kept_per_prompt > 1`) the passes go on
+            through the kept set, with fewer they repeat it. The learning-rate schedule and resume stay exact.
+        samples_per_stage (`int` or `None`, *optional*, defaults to `None`):
+            How many kept samples make one of a stage's `epochs_per_stage` passes, and so its step count; `None`:
+            `prompts_per_stage`, what best-of-K keeps. Raise it when a stage keeps more (`kept_per_prompt > 1`,
+            Reinforce-Rej), so that every kept sample is trained on.
+
+        > Loss (the RAFT family of Xiong et al. 2025)
+
+        loss_type (`str`, *optional*, defaults to `"raft"`):
+            `"raft"`: the SFT loss on the kept samples. `"raft++"`: the same samples, each token's loss the
+            PPO-clipped importance-weighted one, -min(rho, clip(rho, 1 - epsilon, 1 + epsilon_high)) with
+            rho = pi / pi_old (pi_old: the policy that sampled the stage), token-mean over the batch.
+            `"reinforce_rej"`: prompts whose candidates all got the same reward are dropped; every candidate of
+            the others is trained with the same clipped loss and its reward as advantage, or with `reward_threshold`
+            +1 for an accepted and -1 for a rejected sample (the paper's rewards for verifiable answers), so that
+            wrong answers are pushed down. Needs local ranking.
+        epsilon (`float`, *optional*, defaults to `0.2`):
+            The lower clipping bound of the ratio (TRL's name), for `"raft++"` and `"reinforce_rej"`.
+        epsilon_high (`float` or `None`, *optional*, defaults to `None`):
+            The upper clipping bound (clip-higher: 0.28); `None` uses `epsilon`.
+        kl_loss_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of a KL loss to the initial model (the low-variance k3 estimator, per token); 0.001 in the
+            paper's runs. A frozen reference is then loaded (or the adapter disabled under PEFT).
+        log_entropy (`bool`, *optional*, defaults to `False`):
+            Log `entropy`, the sampling policy's mean token entropy on each stage's samples (the sign of RAFT++'s
+            entropy collapse). RAFT++ and Reinforce-Rej compute it with the log-probs they need anyway; plain RAFT
+            pays one forward pass over the stage's candidates.
+
+        > Candidates
+
         candidate_source (`str`, *optional*, defaults to `"model"`):
             Where a stage's candidates come from: `"model"` samples them; `"dataset"` ranks the completions of the
             trainer's `candidate_dataset` instead (expert or human responses; prompts it lacks are dropped);
@@ -60,11 +94,38 @@ class RAFTConfig(StageConfig):
         default=256, metadata={"help": "Prompts longer than this many tokens are dropped (paper: 256)."}
     )
     max_completion_length: int = field(default=128, metadata={"help": "Maximum generated tokens per candidate."})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Never keep a candidate cut off at max_completion_length (no eos)."}
+    )
     beta: float = field(
         default=0.0,
         metadata={"help": "KL coefficient: rank by r - beta*(log p - log p_ref); 0 loads no reference model."},
     )
-    epochs_per_stage: int = field(default=2, metadata={"help": "SFT passes over each stage's kept set."})
+    epochs_per_stage: int = field(
+        default=2, metadata={"help": "Passes of prompts_per_stage samples over each stage's kept set."}
+    )
+    samples_per_stage: int | None = field(
+        default=None,
+        metadata={"help": "Kept samples per pass of a stage (its step count); None: prompts_per_stage."},
+    )
+    loss_type: str = field(
+        default="raft",
+        metadata={
+            "help": "'raft' (SFT on the kept samples), 'raft++' (PPO-clipped ratio) or 'reinforce_rej'.",
+            "choices": ["raft", "raft++", "reinforce_rej"],
+        },
+    )
+    epsilon: float = field(
+        default=0.2, metadata={"help": "Lower clipping bound of the ratio (raft++, reinforce_rej)."}
+    )
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "Upper clipping bound of the ratio (None: epsilon; clip-higher: 0.28)."}
+    )
+    kl_loss_coef: float = field(default=0.0, metadata={"help": "Weight of a k3 KL loss to the initial model."})
+    log_entropy: bool = field(
+        default=False,
+        metadata={"help": "Log the policy's token entropy on each stage's samples (free for raft++, reinforce_rej)."},
+    )
     candidate_source: str = field(
         default="model",
         metadata={
@@ -112,6 +173,26 @@ class RAFTConfig(StageConfig):
         require(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); 0 disables the KL penalty.")
         require(self.epochs_per_stage >= 1, f"epochs_per_stage must be >= 1 (got {self.epochs_per_stage}).")
         require(
+            self.samples_per_stage is None or self.samples_per_stage >= 1,
+            f"samples_per_stage must be >= 1 or None (got {self.samples_per_stage}).",
+        )
+        require(
+            self.loss_type in ("raft", "raft++", "reinforce_rej"),
+            f"loss_type must be 'raft', 'raft++' or 'reinforce_rej' (got {self.loss_type!r}).",
+        )
+        require(self.epsilon >= 0, f"epsilon must be >= 0 (got {self.epsilon}).")
+        require(
+            self.epsilon_high is None or self.epsilon_high >= 0,
+            f"epsilon_high must be >= 0 or None (got {self.epsilon_high}).",
+        )
+        require(self.kl_loss_coef >= 0, f"kl_loss_coef must be >= 0 (got {self.kl_loss_coef}); 0 disables it.")
+        if self.loss_type == "reinforce_rej":
+            require(
+                self.ranking == "local" and self.kept_per_prompt == 1,
+                "loss_type='reinforce_rej' keeps every candidate of the prompts whose rewards differ: use "
+                "ranking='local' and kept_per_prompt=1.",
+            )
+        require(
             self.candidate_source in ("model", "dataset", "both"),
             f"candidate_source must be 'model', 'dataset' or 'both' (got {self.candidate_source!r}).",
         )
@@ -129,3 +210,13 @@ class RAFTConfig(StageConfig):
         )
         self.model_init_kwargs = keyword_arguments(self.model_init_kwargs, "model_init_kwargs")
         super().__post_init__()
+
+    @property
+    def selection_rule(self) -> str:
+        """'mixed_groups' for Reinforce-Rej (every candidate of the prompts whose rewards differ), else 'rank'."""
+        return "mixed_groups" if self.loss_type == "reinforce_rej" else "rank"
+
+    @property
+    def uses_policy_ratio(self) -> bool:
+        """Whether the loss needs the sampling policy's log-probs (RAFT++ and Reinforce-Rej)."""
+        return self.loss_type != "raft"

@@ -6,29 +6,40 @@ the mean negative log-likelihood over completion tokens (`reference.sft_loss`).
 """
 
 import copy
-import logging
 import math
+from collections import defaultdict
 from collections.abc import Callable
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftConfig, get_peft_model
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
-from trl.data_utils import is_conversational, maybe_apply_chat_template
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from . import ranking
-from .candidate_dataset import completions_by_prompt, prompt_key
-from .memory import move_models, visiting
+from . import losses
+from .arguments import check_raft_arguments, one_reward_argument
+from .candidate_dataset import completions_by_prompt, prompt_key, prompts_with_completions
+from .memory import eval_mode, move_models, visiting
 from .metrics import distinct_n
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
-from .sequences import completion_token_log_probs, generate_completions, load_tokenizer, sft_example
-from .stage_trainer import Candidates, StageTrainer, each_prompt_repeated, validate_prompt_dataset
-from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
-
-logger = logging.getLogger(__name__)
+from .sequences import (
+    PolicyLossCollator,
+    candidate_generation_config,
+    completion_reward_inputs,
+    completion_token_log_probs,
+    generate_completions,
+    load_tokenizer,
+    per_token_log_probs,
+    sft_example,
+    tokenize_prompts,
+)
+from .stage_trainer import StageTrainer
+from .stages import Candidates, selection
+from .stages.prompts import each_prompt_repeated, validate_prompt_dataset
+from .vllm_sampling import sample_with_vllm, vllm_generation
 
 
 class RAFTTrainer(StageTrainer):
@@ -36,9 +47,9 @@ class RAFTTrainer(StageTrainer):
 
     Args:
         model (`str` or `PreTrainedModel`): the policy, or the id / path to load it from.
-        reward_fn: a reward function (TRL's convention, see `raft_trainer.rewards`), a reward-model id or
+        reward_funcs: a reward function (TRL's convention, see `raft_trainer.rewards`), a reward-model id or
             `PreTrainedModel` (sequence classification, `num_labels=1`), or a list of these weighted by
-            `args.reward_weights`.
+            `args.reward_weights`. `reward_fn=`, its former name, is still accepted.
         args (`RAFTConfig`): the configuration.
         train_dataset (`datasets.Dataset`): prompts in a `prompt` column, as text or as chat messages; the other
             columns are passed to the reward functions.
@@ -62,10 +73,12 @@ class RAFTTrainer(StageTrainer):
             from (prompt engineering: generate from x~, train on x); the policy is still trained on the original.
     """
 
+    distinct_column = "completion"  # with kept_per_prompt > 1, a prompt keeps distinct completions only
+
     def __init__(
         self,
         model: str | PreTrainedModel,
-        reward_fn,
+        reward_funcs=None,
         args: RAFTConfig | None = None,
         train_dataset: Dataset | None = None,
         processing_class=None,
@@ -78,33 +91,23 @@ class RAFTTrainer(StageTrainer):
         candidate_processing_class=None,
         prompt_for_generation: Callable | None = None,
         candidate_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        *,
+        reward_fn=None,
     ):
+        reward_funcs = one_reward_argument(reward_funcs, reward_fn)
+        for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            if dataset is not None:
+                validate_prompt_dataset(dataset, f"eval_dataset{f'[{name!r}]' if name else ''}")
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = RAFTConfig(output_dir=f"{name.split('/')[-1]}-RAFT")
         # Everything about the prompts is checked before any model is loaded.
-        validate_prompt_dataset(train_dataset)
+        check_raft_arguments(
+            args, train_dataset, candidate_dataset is not None, candidate_model, prompt_for_generation
+        )
         model_id = model if isinstance(model, str) else None
         processing_class = load_tokenizer(model_id or model.name_or_path, processing_class)
-        if prompt_for_generation is not None and not callable(prompt_for_generation):
-            raise ValueError(f"prompt_for_generation must be a callable (got {type(prompt_for_generation).__name__}).")
-        if (candidate_dataset is None) != (args.candidate_source == "model"):
-            raise ValueError(
-                f"candidate_source={args.candidate_source!r} with candidate_dataset "
-                f"{'missing' if candidate_dataset is None else 'given'}: pass a candidate_dataset with "
-                "candidate_source 'dataset' or 'both', and none with 'model'."
-            )
-        if args.use_vllm:
-            check_vllm_settings(args)
-        if args.candidate_source == "dataset" and (candidate_model is not None or prompt_for_generation is not None):
-            raise ValueError(
-                "candidate_source='dataset' samples nothing, so candidate_model and prompt_for_generation would go "
-                "unused: drop them, or set candidate_source='both'."
-            )
-        if args.use_vllm and candidate_model is not None:
-            raise ValueError(
-                "use_vllm=True samples with the policy: drop candidate_model, or set use_vllm=False to sample with it."
-            )
         train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
         dataset_completions = None
         if candidate_dataset is not None:
@@ -120,10 +123,10 @@ class RAFTTrainer(StageTrainer):
 
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
-        # The reference model is the frozen initial policy; it is only needed for the KL-penalised score. With an
-        # adapter it is the base model under the adapter.
+        # The reference model is the frozen initial policy; it is only needed for the KL-penalised score and the KL
+        # loss. With an adapter it is the base model under the adapter.
         self.ref_model = None
-        if args.beta > 0 and peft_config is None:
+        if (args.beta > 0 or args.kl_loss_coef > 0) and peft_config is None:
             self.ref_model = (
                 AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
                 if model_id is not None
@@ -173,7 +176,7 @@ class RAFTTrainer(StageTrainer):
         super().__init__(
             model,
             as_reward_functions(
-                reward_fn,
+                reward_funcs,
                 reward_processing_classes,
                 show_progress=not args.disable_tqdm,
                 batch_size=args.generation_batch_size,
@@ -182,12 +185,16 @@ class RAFTTrainer(StageTrainer):
             train_dataset,
             sample_filter=sample_filter,
             processing_class=processing_class,
-            data_collator=DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id),
+            data_collator=PolicyLossCollator(
+                DataCollatorForLanguageModeling(pad_token_id=processing_class.pad_token_id)
+            ),
             callbacks=callbacks,
             optimizers=optimizers,
+            eval_dataset=eval_dataset,
         )
         if not args.offload_inactive_models:
             move_models((self.ref_model, self.candidate_model), self.accelerator.device)
+        self._loss_metrics = defaultdict(list)  # per optimizer step, averaged into the next log record
         self.vllm_generation = None
         if args.use_vllm:
             self.vllm_generation = vllm_generation(self.model, self.accelerator, processing_class, args)
@@ -197,17 +204,30 @@ class RAFTTrainer(StageTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
-        candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "group": []}
+        candidates = self.gathered_candidates(prompt_indices)
+        if self.args.uses_policy_ratio or self.args.log_entropy:
+            # pi_old: the policy at the stage's start, which sampled it; one batched forward, no second model.
+            policy = self.accelerator.unwrap_model(self.model)
+            examples = self.sft_examples(candidates, range(len(candidates["completion_ids"])))
+            candidates["old_log_probs"], candidates["entropy"] = per_token_log_probs(
+                policy, examples, self.data_collator, self.args.generation_batch_size, self.args.temperature
+            )
+        return candidates
+
+    def gathered_candidates(self, prompt_indices: list[int]) -> Candidates:
+        """The policy's samples of the prompts, and their completions from the candidate dataset if there is one."""
+        candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "truncated": [], "prompt_position": []}
         if self.args.candidate_source != "dataset":
             candidates = self.sampled_candidates(prompt_indices)
         if self.dataset_candidates is not None:
-            candidates["source"] = ["model"] * len(candidates["group"])
+            candidates["source"] = ["model"] * len(candidates["prompt_position"])
             for position, index in enumerate(prompt_indices):
                 for text, completion_ids in self.dataset_candidates[index]:
                     candidates["prompt_ids"].append(self.prompt_ids[index])
                     candidates["completion_ids"].append(completion_ids)
                     candidates["completion"].append(text)
-                    candidates["group"].append(position)
+                    candidates["truncated"].append(False)  # a dataset completion is a whole answer
+                    candidates["prompt_position"].append(position)
                     candidates["source"].append("dataset")
         return candidates
 
@@ -225,14 +245,35 @@ class RAFTTrainer(StageTrainer):
             with visiting(self.candidate_model, self.accelerator.device, self.args.offload_inactive_models):
                 completion_ids = self.sample(self.candidate_model, generation_prompt_ids)
         completions = self.candidate_tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        # A completion is cut at its first eos token; one without any ran into max_completion_length.
+        truncated = [not ids or ids[-1] not in self.generation_config.eos_token_id for ids in completion_ids]
         if self.candidate_model is not None:
             completion_ids = self.policy_tokens(completions, completion_ids)
         return {
             "prompt_ids": [ids for ids in prompt_ids for _ in range(per_prompt)],
             "completion_ids": completion_ids,
             "completion": completions,
-            "group": each_prompt_repeated(len(prompt_indices), per_prompt),
+            "truncated": truncated,
+            "prompt_position": each_prompt_repeated(len(prompt_indices), per_prompt),
         }
+
+    def evaluation_candidates(self, prompts: list) -> Candidates:
+        """One completion per held-out prompt, sampled by the policy with the training settings."""
+        _, prompt_ids = tokenize_prompts(Dataset.from_dict({"prompt": prompts}), self.processing_class, None)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
+            completion_ids = generate_completions(
+                policy, prompt_ids, self.generation_config, 1, self.args.generation_batch_size, show_progress=False
+            )
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids,
+            "completion": self.processing_class.batch_decode(completion_ids, skip_special_tokens=True),
+            "prompt_position": list(range(len(prompts))),
+        }
+
+    def evaluation_metrics(self, candidates: Candidates) -> dict[str, float]:
+        lengths = torch.tensor([len(ids) for ids in candidates["completion_ids"]], dtype=torch.float64)
+        return {"completion_length": torch.cat(gather_object([lengths])).mean().item()}
 
     def sample(self, model: PreTrainedModel, prompt_ids: list[list[int]]) -> list[list[int]]:
         return generate_completions(
@@ -272,7 +313,7 @@ class RAFTTrainer(StageTrainer):
     def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
         if self.args.beta == 0:
             return rewards
-        examples = self.training_examples(candidates, range(len(rewards)))
+        examples = self.sft_examples(candidates, range(len(rewards)))
         policy = self.accelerator.unwrap_model(self.model)
         log_probs = self.sequence_log_probs(policy, examples)
         if self.ref_model is not None:
@@ -281,7 +322,7 @@ class RAFTTrainer(StageTrainer):
         else:
             with policy.disable_adapter():
                 ref_log_probs = self.sequence_log_probs(policy, examples)
-        scores = ranking.kl_penalized_scores(rewards, log_probs, ref_log_probs, self.args.beta)
+        scores = selection.kl_penalized_scores(rewards, log_probs, ref_log_probs, self.args.beta)
         candidates["log_prob"], candidates["ref_log_prob"] = log_probs.tolist(), ref_log_probs.tolist()
         candidates["score"] = [None if math.isnan(score) else score for score in scores.tolist()]
         return scores
@@ -289,29 +330,103 @@ class RAFTTrainer(StageTrainer):
     @torch.no_grad()
     def sequence_log_probs(self, model: PreTrainedModel, examples: list[dict]) -> torch.Tensor:
         """log p(completion | prompt) of each example under `model`: the sum of its completion tokens' log-probs."""
-        was_training = model.training
-        model.eval()
-        sums = []
-        batch_size = self.args.generation_batch_size
-        for start in range(0, len(examples), batch_size):
-            token_log_probs, mask = completion_token_log_probs(
-                model, self.data_collator(examples[start : start + batch_size])
-            )
-            sums.append((token_log_probs * mask).sum(dim=1).double().cpu())
-        model.train(was_training)
+        with eval_mode(model):
+            sums = []
+            batch_size = self.args.generation_batch_size
+            for start in range(0, len(examples), batch_size):
+                token_log_probs, mask = completion_token_log_probs(
+                    model, self.data_collator(examples[start : start + batch_size])
+                )
+                sums.append((token_log_probs * mask).sum(dim=1).double().cpu())
         return torch.cat(sums)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Fine-tuning and bookkeeping
     # ----------------------------------------------------------------------------------------------------------------
 
+    def sft_examples(self, candidates: Candidates, indices) -> list[dict]:
+        return [sft_example(candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in indices]
+
     def training_examples(self, candidates: Candidates, kept_indices) -> list[dict]:
-        return [sft_example(candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in kept_indices]
+        """The SFT examples of the kept candidates; for RAFT++ and Reinforce-Rej with their sampling log-probs and
+        advantage (1 for RAFT++'s accepted samples, the reward for Reinforce-Rej), and with the KL loss with the
+        reference model's log-probs (computed once a stage, the reference being frozen)."""
+        kept_indices = list(kept_indices)
+        examples = self.sft_examples(candidates, kept_indices)
+        if self.args.uses_policy_ratio:
+            for example, i in zip(examples, kept_indices):
+                padding = [0.0] * (len(example["input_ids"]) - len(candidates["old_log_probs"][i]))
+                example["old_log_probs"] = padding + candidates["old_log_probs"][i]
+                example["advantages"] = self.advantage(candidates["reward"][i])
+        if self.args.kl_loss_coef > 0:
+            for example, log_probs in zip(examples, self.reference_log_probs(examples)):
+                example["ref_log_probs"] = [0.0] * (len(example["input_ids"]) - len(log_probs)) + log_probs
+        return examples
+
+    def advantage(self, reward: float) -> float:
+        """A kept sample's advantage: 1 for RAFT++ (every kept sample is accepted); for Reinforce-Rej the reward, or
+        with `reward_threshold` +1 / -1 for an accepted / rejected sample (the paper's reward for a verifiable
+        answer, whatever values the reward function uses)."""
+        if self.args.loss_type != "reinforce_rej":
+            return 1.0
+        if self.args.reward_threshold is None:
+            return reward
+        return 1.0 if reward >= self.args.reward_threshold else -1.0
+
+    def reference_log_probs(self, examples: list[dict]) -> list[list[float]]:
+        """Each example's completion-token log-probs under the frozen initial model, at the loss's temperature."""
+        temperature = self.args.temperature if self.args.uses_policy_ratio else 1.0
+        batch_size = self.args.generation_batch_size
+        if self.ref_model is not None:
+            with visiting(self.ref_model, self.accelerator.device, self.args.offload_inactive_models):
+                return per_token_log_probs(self.ref_model, examples, self.data_collator, batch_size, temperature)[0]
+        policy = self.accelerator.unwrap_model(self.model)
+        with policy.disable_adapter():
+            return per_token_log_probs(policy, examples, self.data_collator, batch_size, temperature)[0]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """RAFT: the model's own causal-LM loss on the kept samples (the SFT loss). RAFT++ and Reinforce-Rej: the
+        PPO-clipped importance-weighted loss (`losses.clipped_policy_loss`). Either may add the KL loss."""
+        args = self.args
+        if not args.uses_policy_ratio and args.kl_loss_coef == 0:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        extras = {
+            name: inputs.pop(name) for name in ("old_log_probs", "ref_log_probs", "advantages") if name in inputs
+        }
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100
+        logits = outputs.logits[:, :-1]
+        if args.uses_policy_ratio:
+            logits = logits / args.temperature  # the distribution the stage was sampled from
+        log_probs = losses.selected_token_log_probs(logits, labels)
+        if args.uses_policy_ratio:
+            epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
+            loss, clip_fraction, ratio_mean = losses.clipped_policy_loss(
+                log_probs, extras["old_log_probs"][:, 1:], extras["advantages"], mask, args.epsilon, epsilon_high
+            )
+            self._loss_metrics["clip_fraction"].append(clip_fraction.item())
+            self._loss_metrics["ratio_mean"].append(ratio_mean.item())
+        else:
+            loss = -losses.token_mean(log_probs, mask)
+        if args.kl_loss_coef > 0:
+            kl = losses.token_mean(losses.low_var_kl(log_probs, extras["ref_log_probs"][:, 1:]), mask)
+            loss = loss + args.kl_loss_coef * kl
+            self._loss_metrics["kl_loss"].append(kl.item())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The loss's own metrics (clip fraction, mean ratio, KL), averaged over the steps since the last log.
+        logs = {**logs, **{name: sum(values) / len(values) for name, values in self._loss_metrics.items() if values}}
+        self._loss_metrics.clear()
+        super().log(logs, start_time)
 
     def batches_per_stage(self) -> int:
-        """`epochs_per_stage` passes over the kept set, which the processes share."""
+        """`epochs_per_stage` passes of `samples_per_stage` kept samples (default `prompts_per_stage`), which the
+        processes share."""
+        samples = self.args.samples_per_stage or self.args.prompts_per_stage
         batches_per_pass = math.ceil(
-            self.args.prompts_per_stage / (self.args.per_device_train_batch_size * self.accelerator.num_processes)
+            samples / (self.args.per_device_train_batch_size * self.accelerator.num_processes)
         )
         return self.args.epochs_per_stage * batches_per_pass
 
@@ -320,21 +435,17 @@ class RAFTTrainer(StageTrainer):
             return super().model_samples(candidates)
         return torch.tensor([source == "model" for source in candidates["source"]], dtype=torch.bool)
 
-    def card_candidates(self) -> str:
-        source = self.args.candidate_source
-        if source == "dataset":
-            return "ranks the completions of a candidate dataset for each prompt"
-        return super().card_candidates() + (
-            " together with the completions of a candidate dataset" if source == "both" else ""
-        )
-
     def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
         columns = {name: candidates[name] for name in ("prompt_index", "prompt", "completion")}
         columns["completion_length"] = [len(ids) for ids in candidates["completion_ids"]]
         if "source" in candidates:
             columns["source"] = candidates["source"]
+        if self.args.mask_truncated_completions:
+            columns["truncated"] = candidates["truncated"]
         if self.args.beta > 0:
             columns.update({name: candidates[name] for name in ("log_prob", "ref_log_prob", "score")})
+        if self.args.uses_policy_ratio:
+            columns["old_log_probs"] = candidates["old_log_probs"]  # per completion token, at the sampling temperature
         return columns
 
     def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
@@ -351,95 +462,12 @@ class RAFTTrainer(StageTrainer):
         if self.args.beta > 0:
             kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
             metrics["kl_mean"] = kl.mean().item()
+        if "entropy" in candidates:  # the sampling distribution's mean token entropy on the model's own samples
+            entropies = [
+                value for value, sampled in zip(candidates["entropy"], self.model_samples(candidates)) if sampled
+            ]
+            metrics["entropy"] = sum(entropies) / max(1, len(entropies))
+        if self.args.selection_rule == "mixed_groups":
+            groups = torch.tensor(candidates["group"])
+            metrics["groups_dropped"] = 1 - len(torch.unique(groups[kept])) / len(torch.unique(groups))
         return metrics
-
-
-def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None) -> tuple[Dataset, list[list[int]]]:
-    """Token ids of every prompt, and the dataset without the prompts longer than `max_prompt_length` tokens.
-
-    Chat prompts are rendered with the tokenizer's chat template (with the generation prompt), whose text already
-    holds the special tokens; plain-text prompts get the tokenizer's usual special tokens.
-    """
-    prompts = list(dataset["prompt"])
-    if is_conversational({"prompt": prompts[0]}):
-        texts = [maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"] for prompt in prompts]
-        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tokenizer(prompts)["input_ids"]
-    if max_prompt_length is None:
-        return dataset, prompt_ids
-    short = [i for i, ids in enumerate(prompt_ids) if len(ids) <= max_prompt_length]
-    if len(short) < len(prompt_ids):
-        logger.warning(
-            "Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
-            len(prompt_ids) - len(short),
-            len(prompt_ids),
-            max_prompt_length,
-        )
-    if not short:
-        raise ValueError(
-            f"every prompt of train_dataset is longer than max_prompt_length={max_prompt_length} tokens: raise "
-            "max_prompt_length or set it to None."
-        )
-    return dataset.select(short), [prompt_ids[i] for i in short]
-
-
-def prompts_with_completions(
-    dataset: Dataset, prompt_ids: list[list[int]], completions: dict[str, list[str]]
-) -> tuple[Dataset, list[list[int]]]:
-    """The prompts of `dataset` (and their token ids) that have completions in `completions`."""
-    matched = [i for i, prompt in enumerate(dataset["prompt"]) if prompt_key(prompt) in completions]
-    if len(matched) < len(dataset):
-        logger.warning(
-            "candidate_source='dataset': dropped %d of %d prompts that candidate_dataset has no completion for.",
-            len(dataset) - len(matched),
-            len(dataset),
-        )
-    return dataset.select(matched), [prompt_ids[i] for i in matched]
-
-
-def completion_reward_inputs(candidates: Candidates) -> dict:
-    """The completion keywords of TRL's reward-function convention: `completions=` (text, or one assistant message
-    for chat prompts) and `completion_ids=`."""
-    completions = candidates["completion"]
-    if is_conversational({"prompt": candidates["prompt"][0]}):
-        completions = [[{"role": "assistant", "content": text}] for text in completions]
-    return {"completions": completions, "completion_ids": candidates["completion_ids"]}
-
-
-def sampling_config(
-    tokenizer,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    eos_token_id: int | list[int] | None = None,
-    bos_token_id: int | None = None,
-) -> GenerationConfig:
-    """Sampling up to `max_new_tokens`, ending at `eos_token_id` (default: the tokenizer's eos token)."""
-    if eos_token_id is None:
-        eos_token_id = tokenizer.eos_token_id
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
-        bos_token_id=tokenizer.bos_token_id if bos_token_id is None else bos_token_id,
-    )
-
-
-def candidate_generation_config(model: PreTrainedModel, tokenizer, args: RAFTConfig) -> GenerationConfig:
-    """How candidates are sampled: the config's sampling settings, and the model's eos token(s) (the tokenizer's if
-    the model names none)."""
-    return sampling_config(
-        tokenizer,
-        args.max_completion_length,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        model.generation_config.eos_token_id,
-        model.generation_config.bos_token_id,
-    )

@@ -64,3 +64,122 @@ def rlhf_weight_update(weights, rewards, policy_log_probs, ref_log_probs, log_pr
     adjusted = kl_penalized_score(rewards, policy_log_probs, ref_log_probs, beta)
     gradient = np.mean(adjusted[:, None] * np.asarray(log_prob_grads, dtype=float), axis=0)
     return np.asarray(weights, dtype=float) + lr * gradient
+
+
+# RAFT++ and Reinforce-Rej (Xiong et al., "A Minimalist Approach to LLM Reasoning: from Rejection Sampling to
+# Reinforce", arXiv 2504.11343, 2025; code: github.com/RLHFlow/Minimal-RL, built on verl). These take per-sequence
+# lists of token log-probs (ragged) or plain arrays; the torch versions in `raft_trainer.losses` work on padded
+# batches and are tested against these.
+
+
+def _has_reward(reward) -> bool:
+    return reward is not None and not np.isnan(reward)
+
+
+def accepted_per_group(
+    rewards: Sequence[Sequence[float | None]],
+    threshold: float | None = None,
+    per_group: int | None = 1,
+    texts: Sequence[Sequence[str]] | None = None,
+) -> list[list[int]]:
+    """Local selection for binary or sparse rewards (RAFT as rejection sampling, Xiong et al. 2025).
+
+    For each group (one prompt's candidates), walk the candidates in descending reward order, the earliest first on
+    ties, and keep a candidate when it has a reward (not None or NaN), its reward is >= `threshold` (if given), and,
+    when `texts` is given, no candidate with the same text was already kept in that group: a prompt contributes
+    distinct completions only. Stop after `per_group` kept candidates (None: no limit). A group whose best reward is
+    below the threshold keeps nothing. Returns the kept indices of each group, best first.
+    """
+    kept_per_group = []
+    for k, group_rewards in enumerate(rewards):
+        # Candidates without a reward sort last: they are never kept, so their place does not matter.
+        order = sorted(
+            range(len(group_rewards)),
+            key=lambda i: (0, -group_rewards[i]) if _has_reward(group_rewards[i]) else (1, 0.0),
+        )
+        kept: list[int] = []
+        kept_texts = set()
+        for i in order:
+            if per_group is not None and len(kept) >= per_group:
+                break
+            reward = group_rewards[i]
+            if not _has_reward(reward) or (threshold is not None and reward < threshold):
+                continue
+            if texts is not None:
+                if texts[k][i] in kept_texts:
+                    continue
+                kept_texts.add(texts[k][i])
+            kept.append(i)
+        kept_per_group.append(kept)
+    return kept_per_group
+
+
+def clipped_policy_loss(
+    log_probs: Sequence[Sequence[float]],
+    old_log_probs: Sequence[Sequence[float]],
+    advantages: Sequence[float],
+    epsilon_low: float,
+    epsilon_high: float,
+    dual_clip: float | None = None,
+) -> tuple[float, float, float]:
+    """The PPO-clipped, importance-weighted loss of RAFT++ and Reinforce-Rej (Xiong et al. 2025).
+
+    Sequence i has token log-probs `log_probs[i]` under the policy being trained and `old_log_probs[i]` under the
+    policy that sampled it, and one advantage `advantages[i]` shared by all its tokens (1 for an accepted RAFT++
+    sample; the reward itself for Reinforce-Rej). Per token, with rho = exp(log_prob - old_log_prob):
+
+        loss_t = max(-A * rho, -A * clip(rho, 1 - epsilon_low, 1 + epsilon_high))  (= -min(rho A, clip(rho) A))
+
+    With `dual_clip` = c (Minimal-RL and verl use c = 3), a token with a negative advantage has its loss capped at
+    -A * c, so a very unlikely-under-the-old-policy token cannot push the loss without bound.
+
+    Returns (loss, clip_fraction, ratio_mean), all three means over every token of every sequence ("token-mean"
+    aggregation, verl's default and what Minimal-RL's runs use: long sequences weigh more; the paper's formula
+    writes a mean per sequence instead): `clip_fraction` is the share of tokens where the
+    clipped term is strictly larger than the unclipped one, that is where the clip is active and the token gives no
+    gradient (verl's pg_clipfrac; the dual clip is not counted), and `ratio_mean` is the mean of rho.
+    """
+    losses, clipped, ratios = [], [], []
+    for new, old, advantage in zip(log_probs, old_log_probs, advantages, strict=True):
+        rho = np.exp(np.asarray(new, dtype=float) - np.asarray(old, dtype=float))
+        unclipped_loss = -advantage * rho
+        clipped_loss = -advantage * np.clip(rho, 1.0 - epsilon_low, 1.0 + epsilon_high)
+        loss = np.maximum(unclipped_loss, clipped_loss)
+        if dual_clip is not None and advantage < 0:
+            loss = np.minimum(loss, -advantage * dual_clip)
+        losses.append(loss)
+        clipped.append(clipped_loss > unclipped_loss)
+        ratios.append(rho)
+    all_losses, all_clipped, all_ratios = (np.concatenate(values) for values in (losses, clipped, ratios))
+    return float(np.mean(all_losses)), float(np.mean(all_clipped)), float(np.mean(all_ratios))
+
+
+def reinforce_rej_keep(rewards_per_group: Sequence[Sequence[float | None]]) -> list[bool]:
+    """Reinforce-Rej's prompt filter (Xiong et al. 2025): a group is kept when its rewards are not all
+    equal, so prompts whose samples are all correct or all wrong are dropped. Candidates without a reward (None or
+    NaN) are left out of the comparison; a group with fewer than two rewards has nothing to compare and is dropped."""
+    kept = []
+    for group_rewards in rewards_per_group:
+        valid = [reward for reward in group_rewards if _has_reward(reward)]
+        kept.append(len(valid) > 1 and min(valid) != max(valid))
+    return kept
+
+
+def low_var_kl(log_probs, ref_log_probs, max_value: float | None = 10.0) -> np.ndarray:
+    """The "k3" estimate of KL(policy || reference) per token (Schulman, "Approximating KL divergence", 2020), used
+    as the KL loss of the paper's runs (verl's kl_penalty "low_var_kl", coefficient 0.001): with
+    d = ref_log_prob - log_prob, k3 = exp(d) - d - 1, which is >= 0 and unbiased for tokens sampled from the policy.
+    verl clamps it to at most 10 (`max_value`; None: no clamp)."""
+    d = np.asarray(ref_log_probs, dtype=float) - np.asarray(log_probs, dtype=float)
+    kl = np.exp(d) - d - 1.0
+    return kl if max_value is None else np.minimum(kl, max_value)
+
+
+def entropy(logits) -> np.ndarray:
+    """Entropy of the softmax of `logits` [..., vocab] at each position: logsumexp(l) - sum softmax(l) * l, with the
+    largest logit subtracted first so large logits do not overflow."""
+    logits = np.asarray(logits, dtype=float)
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    log_normalizer = np.log(np.sum(np.exp(shifted), axis=-1))
+    probs = np.exp(shifted - log_normalizer[..., None])
+    return log_normalizer - np.sum(probs * shifted, axis=-1)

@@ -1,11 +1,20 @@
-"""Prompt + completion token sequences: the SFT example format, and their log-probs under a causal LM."""
+"""Language-model helpers: prompt tokenization, sampling settings, sampling, log-probs and the SFT example format."""
 
 import copy
+import logging
 
 import torch
+import torch.nn.functional as F
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
+from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import pad, selective_log_softmax
+
+from .losses import entropy_from_logits
+from .memory import eval_mode
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(name_or_path: str, tokenizer=None):
@@ -17,22 +26,68 @@ def load_tokenizer(name_or_path: str, tokenizer=None):
     return tokenizer
 
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")  # what a forward pass of the policy takes
+
+
 def sft_example(prompt_ids: list[int], completion_ids: list[int]) -> dict[str, list[int]]:
     """Prompt + completion tokens, with the prompt masked out of the labels: the loss is on the completion only."""
     return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
 
 
-def completion_token_log_probs(model: PreTrainedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of a collated batch's labels under `model`, and the mask of completion tokens.
+def completion_token_log_probs(
+    model: PreTrainedModel, batch: dict, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Per-token log-probs of a collated batch's labels under `model` (logits divided by `temperature`, as when
+    sampling at it), the mask of completion tokens, and with `with_entropy` each position's entropy too.
 
     `batch` holds `input_ids`, `attention_mask` and `labels` (-100 outside completions), as the SFT collator makes
     them. Position t predicts token t + 1, so logits and labels are shifted against each other, as in the model's
     own loss.
     """
-    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+    batch = {name: tensor.to(model.device) for name, tensor in batch.items() if name in SEQUENCE_KEYS}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
     labels = batch["labels"][:, 1:]
-    return selective_log_softmax(logits, labels.clamp(min=0)), labels != -100
+    log_probs, mask = selective_log_softmax(logits, labels.clamp(min=0)), labels != -100
+    return (log_probs, mask, entropy_from_logits(logits)) if with_entropy else (log_probs, mask)
+
+
+@torch.no_grad()
+def per_token_log_probs(
+    model: PreTrainedModel, examples: list[dict], collator, batch_size: int, temperature: float = 1.0
+) -> tuple[list[list[float]], list[float]]:
+    """Each SFT example's completion-token log-probs under `model` at `temperature`, and its mean token entropy:
+    one batched forward pass in eval mode, no gradient."""
+    log_probs, entropies = [], []
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = collator(examples[start : start + batch_size])
+            token_log_probs, mask, entropy = completion_token_log_probs(model, batch, temperature, with_entropy=True)
+            for row, row_mask, row_entropy in zip(token_log_probs.float().cpu(), mask.cpu(), entropy.float().cpu()):
+                log_probs.append(row[row_mask].tolist())
+                entropies.append(row_entropy[row_mask].mean().item() if row_mask.any() else 0.0)
+    return log_probs, entropies
+
+
+class PolicyLossCollator:
+    """The SFT collator's batch (`input_ids`, `attention_mask`, `labels`) plus what the clipped and KL losses need:
+    `old_log_probs` / `ref_log_probs` padded like the labels (0 outside completions) and one `advantages` per
+    example, when the examples carry them."""
+
+    def __init__(self, sft_collator):
+        self.sft_collator = sft_collator
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.sft_collator(examples)
+        length = batch["input_ids"].shape[1]
+        for name in ("old_log_probs", "ref_log_probs"):
+            if name in examples[0]:
+                rows = [torch.tensor(example[name], dtype=torch.float32) for example in examples]
+                batch[name] = torch.stack([F.pad(row, (0, length - len(row))) for row in rows])
+        if "advantages" in examples[0]:
+            batch["advantages"] = torch.tensor([example["advantages"] for example in examples], dtype=torch.float32)
+        return batch
 
 
 @torch.no_grad()
@@ -53,22 +108,20 @@ def generate_completions(
     generation_config.num_return_sequences = num_return_sequences
     eos_token_ids = torch.tensor(generation_config.eos_token_id, device=model.device).view(-1)
     prompts_per_batch = max(1, batch_size // num_return_sequences)
-    was_training = model.training
-    model.eval()
-    completions = []
-    for start in tqdm(
-        range(0, len(prompt_ids), prompts_per_batch), desc="Generating", disable=not show_progress, leave=False
-    ):
-        batch = [torch.tensor(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
-        input_ids = pad(batch, padding_value=generation_config.pad_token_id, padding_side="left").to(model.device)
-        attention_mask = pad([torch.ones_like(ids) for ids in batch], padding_side="left").to(model.device)
-        sequences = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-        )
-        completions.extend(strip_after_eos(sequences[:, input_ids.shape[1] :], eos_token_ids))
-    model.train(was_training)
+    with eval_mode(model):
+        completions = []
+        for start in tqdm(
+            range(0, len(prompt_ids), prompts_per_batch), desc="Generating", disable=not show_progress, leave=False
+        ):
+            batch = [torch.tensor(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
+            input_ids = pad(batch, padding_value=generation_config.pad_token_id, padding_side="left").to(model.device)
+            attention_mask = pad([torch.ones_like(ids) for ids in batch], padding_side="left").to(model.device)
+            sequences = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+            )
+            completions.extend(strip_after_eos(sequences[:, input_ids.shape[1] :], eos_token_ids))
     return completions
 
 
@@ -77,3 +130,80 @@ def strip_after_eos(completions: torch.Tensor, eos_token_ids: torch.Tensor) -> l
     is_eos = torch.isin(completions, eos_token_ids)
     lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completions.shape[1])
     return [row[:length].tolist() for row, length in zip(completions, lengths.tolist())]
+
+
+def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None) -> tuple[Dataset, list[list[int]]]:
+    """Token ids of every prompt, and the dataset without the prompts longer than `max_prompt_length` tokens.
+
+    Chat prompts are rendered with the tokenizer's chat template (with the generation prompt), whose text already
+    holds the special tokens; plain-text prompts get the tokenizer's usual special tokens.
+    """
+    prompts = list(dataset["prompt"])
+    if is_conversational({"prompt": prompts[0]}):
+        texts = [maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"] for prompt in prompts]
+        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompts)["input_ids"]
+    if max_prompt_length is None:
+        return dataset, prompt_ids
+    short = [i for i, ids in enumerate(prompt_ids) if len(ids) <= max_prompt_length]
+    if len(short) < len(prompt_ids):
+        logger.warning(
+            "Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
+            len(prompt_ids) - len(short),
+            len(prompt_ids),
+            max_prompt_length,
+        )
+    if not short:
+        raise ValueError(
+            f"every prompt of train_dataset is longer than max_prompt_length={max_prompt_length} tokens: raise "
+            "max_prompt_length or set it to None."
+        )
+    return dataset.select(short), [prompt_ids[i] for i in short]
+
+
+def completion_reward_inputs(candidates: dict[str, list]) -> dict:
+    """The completion keywords of TRL's reward-function convention: `completions=` (text, or one assistant message
+    for chat prompts) and `completion_ids=`."""
+    completions = candidates["completion"]
+    if is_conversational({"prompt": candidates["prompt"][0]}):
+        completions = [[{"role": "assistant", "content": text}] for text in completions]
+    return {"completions": completions, "completion_ids": candidates["completion_ids"]}
+
+
+def sampling_config(
+    tokenizer,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    bos_token_id: int | None = None,
+) -> GenerationConfig:
+    """Sampling up to `max_new_tokens`, ending at `eos_token_id` (default: the tokenizer's eos token)."""
+    if eos_token_id is None:
+        eos_token_id = tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
+        bos_token_id=tokenizer.bos_token_id if bos_token_id is None else bos_token_id,
+    )
+
+
+def candidate_generation_config(model: PreTrainedModel, tokenizer, args) -> GenerationConfig:
+    """How candidates are sampled: the config's sampling settings, and the model's eos token(s) (the tokenizer's if
+    the model names none)."""
+    return sampling_config(
+        tokenizer,
+        args.max_completion_length,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        model.generation_config.eos_token_id,
+        model.generation_config.bos_token_id,
+    )

@@ -58,6 +58,15 @@ class StageConfig(TrainingArguments):
         ranking (`str`, *optional*, defaults to `"local"`):
             `"local"` keeps the best of K candidates for each prompt; `"global"` draws `prompts_per_stage * K`
             prompts with one candidate each and keeps the top `prompts_per_stage` of that pool (paper appendix A.2).
+        reward_threshold (`float` or `None`, *optional*, defaults to `None`):
+            A candidate is kept only if its reward is at least this (rejection sampling: with a 0/1 reward, 1 keeps
+            the correct ones only). With local ranking a prompt whose best candidate falls short keeps nothing that
+            stage; with global ranking the top of the pool is taken among those that reach it; Reinforce-Rej trains
+            on the accepted (+1) and the rejected (-1) samples of every prompt that has both. `None`: no threshold.
+        kept_per_prompt (`int`, *optional*, defaults to `1`):
+            Local ranking: how many of a prompt's candidates may be kept, best first, distinct completions only
+            (copies of a kept text are skipped). `num_generations` with `reward_threshold` keeps every accepted
+            candidate, as RAFT does with verifiable rewards (Xiong et al. 2025).
         reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
             One weight per reward function; a candidate's reward is the weighted sum. `None` weighs them all 1.
         generation_batch_size (`int`, *optional*, defaults to `64`):
@@ -87,6 +96,13 @@ class StageConfig(TrainingArguments):
             "help": "'local': keep the best of K per prompt; 'global': keep the top b of a pool of b*K prompts.",
             "choices": ["local", "global"],
         },
+    )
+    reward_threshold: float | None = field(
+        default=None, metadata={"help": "Keep a candidate only if its reward is at least this (None: no threshold)."}
+    )
+    kept_per_prompt: int = field(
+        default=1,
+        metadata={"help": "Local ranking: keep up to this many distinct candidates per prompt, best first."},
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (the reward is the weighted sum)."}
@@ -119,6 +135,15 @@ class StageConfig(TrainingArguments):
             f"ranking must be 'local' or 'global' (got {self.ranking!r}).",
         )
         require(
+            self.kept_per_prompt >= 1,
+            f"kept_per_prompt must be >= 1 (got {self.kept_per_prompt}); num_generations keeps every accepted one.",
+        )
+        require(
+            self.kept_per_prompt == 1 or self.ranking == "local",
+            f"kept_per_prompt={self.kept_per_prompt} needs ranking='local' (global ranking keeps one candidate per "
+            "drawn prompt): set ranking='local' or kept_per_prompt=1.",
+        )
+        require(
             self.generation_batch_size >= 1, f"generation_batch_size must be >= 1 (got {self.generation_batch_size})."
         )
         require(
@@ -127,6 +152,11 @@ class StageConfig(TrainingArguments):
         )
         self.num_train_epochs = self.num_stages
         super().__post_init__()
+
+    @property
+    def selection_rule(self) -> str:
+        """How a stage's kept set is chosen: 'rank' (best of each prompt or of the pool, see `ranking`)."""
+        return "rank"
 
     @property
     def prompts_drawn_per_stage(self) -> int:

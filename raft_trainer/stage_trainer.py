@@ -11,168 +11,49 @@ the kept ones into training examples.
 """
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 from accelerate.utils import gather_object
 from accelerate.utils.memory import clear_device_cache
 from datasets import Dataset
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from . import ranking
-from .callbacks import StageTableCallback
 from .files import atomic_path
-from .memory import PhaseMemory, move_models, visiting
-from .model_card import write_model_card
+from .memory import PhaseMemory, eval_mode, move_models
+from .reporting.console import quiet_callbacks
+from .reporting.model_card import write_model_card
+from .reporting.sample_table import report_sample_table
+from .reporting.stage_table import StageTableCallback
 from .rewards import RewardFunction, reward_function_name
-from .sample_table import report_sample_table
 from .stage_config import StageConfig
-
-Candidates = dict[str, list]  # per-candidate columns; `group` says which of the stage's prompts each belongs to
-
-
-def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -> list[int]:
-    """The dataset rows stage `stage` draws: positions [stage * count, (stage + 1) * count) of an endless stream that
-    walks the dataset in a fresh random order on every pass. A pure function of the stage, so a resumed run draws
-    exactly the prompts the interrupted one would have."""
-    orders = {}  # one shuffled order per pass over the dataset that the stage touches
-    indices = []
-    for position in range(stage * count, (stage + 1) * count):
-        dataset_pass, offset = divmod(position, dataset_size)
-        if dataset_pass not in orders:
-            orders[dataset_pass] = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
-        indices.append(int(orders[dataset_pass][offset]))
-    return indices
-
-
-def each_prompt_repeated(num_prompts: int, per_prompt: int) -> list[int]:
-    """The `group` column of `per_prompt` candidates for each of `num_prompts` prompts, prompt-major."""
-    return [prompt for prompt in range(num_prompts) for _ in range(per_prompt)]
-
-
-def contiguous_share(items, process_index: int, num_processes: int):
-    """Process `process_index`'s contiguous share of `items`; the shares of all processes, in order, make up
-    `items`, and differ in size by at most one."""
-    size, extra = divmod(len(items), num_processes)
-    start = process_index * size + min(process_index, extra)
-    return items[start : start + size + (process_index < extra)]
-
-
-def stage_file_path(output_dir: str, stage: int) -> str:
-    return os.path.join(output_dir, "stages", f"stage_{stage:03d}.jsonl")
-
-
-def write_stage_file(path: str, columns: dict[str, list]) -> None:
-    """Write one JSON line per candidate (loadable with `datasets.load_dataset("json", data_files=path)`),
-    atomically: readers never see a half-written stage."""
-    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as file:
-        for row in zip(*columns.values()):
-            file.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
-
-
-def validate_prompt_dataset(dataset) -> None:
-    """Reject a dataset RAFT cannot draw prompts from, before any model is loaded."""
-    if not isinstance(dataset, Dataset):
-        raise ValueError(
-            f"train_dataset must be a datasets.Dataset with a 'prompt' column (got {type(dataset).__name__}); "
-            "build one with datasets.Dataset.from_dict({'prompt': [...]})."
-        )
-    if "prompt" not in dataset.column_names:
-        raise ValueError(
-            f"train_dataset has no 'prompt' column (columns found: {dataset.column_names}); "
-            "rename the prompt column with dataset.rename_column(old, 'prompt')."
-        )
-    if len(dataset) == 0:
-        raise ValueError("train_dataset is empty: RAFT needs prompts to generate from.")
-    first_is_text = isinstance(dataset[0]["prompt"], str)
-    for index, prompt in enumerate(dataset["prompt"]):
-        is_chat = (
-            isinstance(prompt, list)
-            and bool(prompt)
-            and all(isinstance(message, dict) and {"role", "content"} <= set(message) for message in prompt)
-        )
-        if not (isinstance(prompt, str) or is_chat) or isinstance(prompt, str) != first_is_text:
-            raise ValueError(
-                f"train_dataset['prompt'][{index}] is {prompt!r:.80}: every prompt must be text, or every prompt a "
-                "list of chat messages ({'role': ..., 'content': ...})."
-            )
-
-
-def reward_weight_tensor(reward_weights: list[float] | None, num_functions: int) -> torch.Tensor:
-    """The weight of each reward function (all 1 when `reward_weights` is None), checked against their number."""
-    if reward_weights is not None and len(reward_weights) != num_functions:
-        raise ValueError(
-            f"reward_weights has {len(reward_weights)} entries for {num_functions} reward functions: "
-            "give one weight per reward function."
-        )
-    return torch.tensor(reward_weights or [1.0] * num_functions, dtype=torch.float64)
-
-
-def score_candidates(
-    reward_funcs: list[RewardFunction], weights: torch.Tensor, kwargs: dict, device, offload: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each candidate's reward [N] (the weighted sum over reward functions) and the per-function rewards [N, F];
-    every function is called with `kwargs` (TRL's keywords, one list entry per candidate).
-
-    As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate no
-    function rewards gets NaN (no reward). With `offload`, a reward model visits `device` only while it scores.
-    """
-    num_candidates = len(kwargs["prompts"])
-    rewards_per_func = torch.full((num_candidates, len(reward_funcs)), torch.nan, dtype=torch.float64)
-    for column, function in enumerate(reward_funcs):
-        with visiting(function, device, offload):
-            values = list(function(**kwargs))
-        if len(values) != num_candidates or not all(_is_number_or_none(v) for v in values):
-            raise ValueError(
-                f"reward function {reward_function_name(function)!r} returned {_describe(values)}; expected a list "
-                f"of {num_candidates} floats (one per candidate, None for no reward)."
-            )
-        rewards_per_func[:, column] = torch.tensor(
-            [torch.nan if v is None else float(v) for v in values], dtype=torch.float64
-        )
-    rewards = (rewards_per_func * weights).nansum(dim=1)
-    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-    return rewards, rewards_per_func
-
-
-class StageBatches(IterableDataset):
-    """What the Trainer's train dataloader iterates: each pass runs the stage the Trainer is in (or takes it back from
-    the checkpoint a run resumed from) and yields that stage's training batches.
-
-    The stage is read off the Trainer's global step, so a resumed run picks up the stage it stopped in; and since
-    this is an iterable dataset served by a plain `DataLoader`, the Trainer's own fast-forward past the batches a
-    resumed stage already trained on (accelerate's `skip_first_batches`) works unchanged.
-    """
-
-    def __init__(self, trainer: "StageTrainer"):
-        self.trainer = trainer
-
-    def __len__(self) -> int:
-        return self.trainer.batches_per_stage()
-
-    def __iter__(self) -> Iterator[dict]:
-        stage = self.trainer.current_stage()
-        examples = self.trainer.stage_examples(stage)
-        return itertools.islice(self.trainer.stage_batches(examples, stage), len(self))
+from .stages import Candidates, selection
+from .stages.batches import StageBatches
+from .stages.metrics import acceptance_metrics
+from .stages.prompts import contiguous_share, stage_prompt_indices
+from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
+from .stages.stage_files import stage_file_path, write_stage_file
 
 
 class StageTrainer(Trainer):
     """A `transformers.Trainer` whose every epoch is one RAFT stage (see the module docstring).
 
     Subclasses implement `generate`, `reward_inputs`, `stage_file_columns`, `training_examples` and
-    `batches_per_stage`, and may override `ranking_scores`, `stage_metrics`, `replace_candidate` and the model-card
-    hooks (`card_training`, `card_library`, `card_usage`, `base_model_name`).
+    `batches_per_stage`, and may override `ranking_scores`, `stage_metrics`, `replace_candidate` and
+    `write_stage_media`. The model card reads the class attributes below and `base_model_name`, which a subclass sets
+    before calling `__init__` when the trained model does not know its own origin.
     """
 
     sample_image_column: str | None = None  # the stage-file column of image paths (relative to `stages/`), if any
+    card_library = "transformers"  # the model card's library_name
     card_training = "on them with the SFT loss"  # how the model card says what the fine-tuning does
-    card_library = "transformers"
+    card_usage = ""  # Markdown on how to load the result, with `{base_model}` where the base model's name goes
+    base_model_name: str | None = None
+    distinct_column: str | None = None  # candidates equal in this column are one sample when several are kept
 
     def __init__(
         self,
@@ -194,10 +75,13 @@ class StageTrainer(Trainer):
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`
         self._stage_in_flight: dict | None = None  # the running stage's kept set, saved with mid-stage checkpoints
         self._stage_to_resume: dict | None = None  # the same, read back from the checkpoint a run resumes from
+        if self.base_model_name is None:
+            self.base_model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
         callbacks = list(callbacks or [])
         if not any(isinstance(callback, StageTableCallback) for callback in callbacks):
             callbacks.insert(0, StageTableCallback())
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
+        quiet_callbacks(self)  # each stage is printed once, by the stage table
         if args.prompts_drawn_per_stage < self.accelerator.num_processes:
             raise ValueError(
                 f"prompts_per_stage={args.prompts_per_stage} draws {args.prompts_drawn_per_stage} prompts a stage, "
@@ -227,9 +111,9 @@ class StageTrainer(Trainer):
         with self.phase_memory.phase("generate", memory):
             candidates = self.generate(prompt_indices, prompts)
         clear_device_cache()  # generation's caches are not needed any more
-        prompt_of = candidates["group"]
+        prompt_of = candidates.pop("prompt_position")
         # A group is one draw of a prompt: the place in the stage's draw, unique across processes even when the
-        # stage draws a prompt twice.
+        # stage draws a prompt twice. Candidates ranked together (local ranking) share it.
         candidates["group"] = [positions[i] for i in prompt_of]
         candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
         candidates["prompt"] = [prompts[i] for i in prompt_of]
@@ -245,15 +129,32 @@ class StageTrainer(Trainer):
         rewards, rewards_per_func, kept_by_filter, scores = (
             torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func, kept_by_filter, scores)
         )
-        kept = ranking.select(scores, args.ranking, torch.tensor(candidates["group"]), args.prompts_per_stage)
+        accepted = self.accepted(candidates, rewards)
+        groups = torch.tensor(candidates["group"])
+        if args.selection_rule == "mixed_groups":  # Reinforce-Rej: whole groups whose rewards differ, wrong ones too
+            eligible = ~torch.isnan(rewards)
+            if getattr(args, "mask_truncated_completions", False):
+                eligible &= ~self.truncated(candidates)
+            kept = ~selection.equal_reward_groups(selection.exclude(rewards, ~eligible), groups)
+        else:
+            kept = selection.select(
+                selection.exclude(scores, ~accepted),
+                args.ranking,
+                groups,
+                args.prompts_per_stage,
+                per_group=args.kept_per_prompt,
+                duplicate_keys=self.duplicate_keys(candidates),
+            )
         if not kept.any():
+            threshold = f" or fell below reward_threshold={args.reward_threshold}" if args.reward_threshold else ""
             raise RuntimeError(
-                f"stage {stage} kept no candidate: every candidate was filtered out or got no reward (None/NaN) "
-                f"from {self.reward_names}."
+                f"stage {stage} kept no candidate: every candidate was filtered out, got no reward (None/NaN) from "
+                f"{self.reward_names}{threshold}. Raise num_generations or lower reward_threshold."
             )
 
         if self.is_world_process_zero():
             rows = self.stage_rows(stage, candidates, rewards, rewards_per_func, kept_by_filter, kept)
+            rows.update(self.write_stage_media(stage, candidates, rows))
             write_stage_file(stage_file_path(self.args.output_dir, stage), rows)
             self._stage_samples = {
                 name: list(itertools.compress(column, rows["selected"])) for name, column in rows.items()
@@ -263,13 +164,91 @@ class StageTrainer(Trainer):
         self._stage_metrics = {
             "stage": stage,
             **self.reward_metrics(candidates, rewards, rewards_per_func, kept),
+            **acceptance_metrics(
+                accepted if self.rejects_candidates() else None,
+                groups,
+                self.model_samples(candidates),
+                self.truncated(candidates) if "truncated" in candidates else None,
+            ),
             **self.stage_metrics(candidates, kept),
             **memory,
         }
+        candidates["reward"] = rewards.tolist()  # Reinforce-Rej's advantage, for the kept set's examples
         examples = self.training_examples(candidates, kept.nonzero().view(-1).tolist())
         clear_device_cache()
         self.phase_memory.start()  # the training phase's peak joins the stage's log record
         return examples
+
+    def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
+        """The mask of candidates selection may keep: rewarded (and not filtered out), at least `reward_threshold`
+        when one is set, and not truncated when `mask_truncated_completions` is on."""
+        accepted = ~torch.isnan(rewards)
+        if self.args.reward_threshold is not None:
+            accepted &= rewards >= self.args.reward_threshold
+        if getattr(self.args, "mask_truncated_completions", False):
+            accepted &= ~self.truncated(candidates)
+        return accepted
+
+    def rejects_candidates(self) -> bool:
+        """Whether selection rejects candidates on their own (a threshold, truncation), not only by rank."""
+        return self.args.reward_threshold is not None or getattr(self.args, "mask_truncated_completions", False)
+
+    def truncated(self, candidates: Candidates) -> torch.Tensor:
+        """The mask of candidates cut off at the length limit (the `truncated` column, when the trainer sets one)."""
+        return torch.tensor(candidates.get("truncated", [False] * len(candidates["prompt"])), dtype=torch.bool)
+
+    def duplicate_keys(self, candidates: Candidates) -> torch.Tensor | None:
+        """Equal ints for equal candidates (the same text in `distinct_column`), so that a prompt keeps distinct
+        completions only; None when the trainer names no such column."""
+        if self.distinct_column is None:
+            return None
+        keys: dict = {}
+        return torch.tensor([keys.setdefault(value, len(keys)) for value in candidates[self.distinct_column]])
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The held-out reward: one candidate per prompt of `eval_dataset` (default: the trainer's; a dict of
+        datasets is evaluated per name, as in TRL), sampled with the training settings, scored by the reward
+        functions; no gradient, no ranking, nothing written to the stage files. Logs and returns `eval_reward`
+        (`eval_reward/<name>` per function when there are several), `eval_accuracy` (the share reaching
+        `reward_threshold`, when one is set) and the trainer's own figures (`eval_completion_length`)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate needs an eval_dataset: pass one to the trainer or to evaluate().")
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        rows = dataset.select(self.process_share(range(len(dataset)))).to_dict()
+        prompts = rows.pop("prompt")
+        # A fixed seed per step, outside the training random stream: a run trains the same with or without it.
+        with torch.random.fork_rng(devices=[]), eval_mode(self.model):
+            torch.manual_seed(self.args.seed + self.state.global_step)
+            candidates = self.evaluation_candidates(prompts)
+        prompt_of = candidates.pop("prompt_position")
+        candidates["prompt"] = [prompts[i] for i in prompt_of]
+        columns = {name: [values[i] for i in prompt_of] for name, values in rows.items()}
+        rewards, rewards_per_func = self.score(candidates, columns)
+        rewards, rewards_per_func = (torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func))
+        metrics = {f"{metric_key_prefix}_reward": rewards.nanmean().item()}
+        if len(self.reward_funcs) > 1:
+            for name, column in zip(self.reward_names, rewards_per_func.T):
+                metrics[f"{metric_key_prefix}_reward/{name}"] = column.nanmean().item()
+        if self.args.reward_threshold is not None:
+            metrics[f"{metric_key_prefix}_accuracy"] = (rewards >= self.args.reward_threshold).double().mean().item()
+        for name, value in self.evaluation_metrics(candidates).items():
+            metrics[f"{metric_key_prefix}_{name}"] = value
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def evaluation_candidates(self, prompts: list) -> Candidates:
+        """One candidate per prompt, with a `prompt_position` column, for `evaluate`."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate on held-out prompts yet.")
+
+    def evaluation_metrics(self, candidates: Candidates) -> dict[str, float]:
+        """The modality's own held-out figures (averaged over processes by the caller's gather, or local)."""
+        return {}
 
     def process_share(self, items: list) -> list:
         return contiguous_share(items, self.accelerator.process_index, self.accelerator.num_processes)
@@ -447,27 +426,15 @@ class StageTrainer(Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        base_model = self.base_model_name()
+        base_model = self.base_model_name
         if base_model is not None and os.path.isdir(base_model):
             base_model = None  # a local path means nothing on the Hub
         name = model_name or os.path.basename(os.path.abspath(output_dir))
         write_model_card(self, base_model, name, ["raft", "reward-ranked-finetuning", *tags], output_dir)
 
-    def card_candidates(self) -> str:
-        """How the model card says where a stage's candidates come from."""
-        return f"generates {self.args.num_generations} candidates per prompt"
-
-    def card_usage(self, base_model: str | None) -> list[str]:
-        """Model-card lines on how to use the trained model (none by default)."""
-        return []
-
     def _quiet(self) -> bool:
         """No progress bars: turned off, or not the first process of this machine."""
         return self.args.disable_tqdm or not self.is_local_process_zero()
-
-    def base_model_name(self) -> str | None:
-        """What the model was fine-tuned from, for the model card."""
-        return getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
 
     # ----------------------------------------------------------------------------------------------------------------
     # What a subclass provides
@@ -475,7 +442,7 @@ class StageTrainer(Trainer):
 
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
         """The candidates of `prompts` (`generations_per_prompt` each, or more), as per-candidate columns, with a
-        `group` column: the position in `prompts` of each candidate's prompt (see `each_prompt_repeated`)."""
+        `prompt_position` column: the position in `prompts` of each candidate's prompt (see `each_prompt_repeated`)."""
         raise NotImplementedError
 
     def reward_inputs(self, candidates: Candidates) -> dict:
@@ -498,34 +465,13 @@ class StageTrainer(Trainer):
         """Modality-specific metrics of a stage, logged with the reward metrics."""
         return {}
 
+    def write_stage_media(self, stage: int, candidates: Candidates, rows: dict[str, list]) -> dict[str, list]:
+        """Write what the stage file points to rather than holds (images, say) and return the stage-file columns
+        that name it; nothing by default. Runs on the main process, before the stage file is written."""
+        return {}
+
     def replace_candidate(self, candidates: Candidates, index: int, replacement) -> None:
         """Apply a replacement a sample filter returned for one candidate."""
         raise ValueError(
             f"sample_filter returned a replacement ({replacement!r}) that {type(self).__name__} cannot use."
         )
-
-
-def reward_columns(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> dict[str, list]:
-    """A stage file's reward columns: `reward`, and `reward_<name>` per function when there are several."""
-    columns = {"reward": _nan_to_none(rewards)}
-    if len(names) > 1:
-        for name, column in zip(names, rewards_per_func.T):
-            columns[f"reward_{name}"] = _nan_to_none(column)
-    return columns
-
-
-def _nan_to_none(values: torch.Tensor) -> list:
-    return [None if math.isnan(value) else value for value in values.tolist()]
-
-
-def _is_number_or_none(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1
-    return isinstance(value, (int, float, np.number))
-
-
-def _describe(values: list) -> str:
-    shown = repr(values[:4])[:-1] + (", ...]" if len(values) > 4 else "]")
-    return f"{len(values)} values {shown}"

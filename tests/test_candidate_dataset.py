@@ -10,8 +10,14 @@ from datasets import Dataset
 
 from raft_trainer import RAFTTrainer, reference
 
-from .conftest import CHAT_TEMPLATE, NO_DROPOUT, share_of_apple
-from .test_raft_trainer import completion_token_log_probs, read_stage, record_candidates
+from .helpers import (
+    CHAT_TEMPLATE,
+    NO_DROPOUT,
+    completion_token_log_probs,
+    read_stage,
+    record_candidates,
+    share_of_apple,
+)
 
 EXPERT = Dataset.from_dict(
     {

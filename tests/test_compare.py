@@ -9,7 +9,7 @@ from raft_trainer.compare import cli as compare_cli
 from raft_trainer.compare.progress import CountingReward, RewardCurve, Stopwatch
 from raft_trainer.compare.report import seed_summary
 from raft_trainer.compare.run import best_learning_rate
-from raft_trainer.toy.tiny import word_tokenizer
+from raft_trainer.tasks.toy.tiny import word_tokenizer
 
 # A quick comparison on a small miniature world: 2 stages of b=4, K=4, i.e. 32 completions per method.
 QUICK = [

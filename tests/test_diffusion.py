@@ -13,11 +13,11 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
-from raft_trainer.diffusion_raft_trainer import LORA_WEIGHT_NAME
-from raft_trainer.stage_trainer import stage_file_path
-from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
+from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.stages.stage_files import stage_file_path
 
-from .conftest import config_maker
+from .helpers import config_maker
 
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 

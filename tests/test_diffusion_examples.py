@@ -4,20 +4,17 @@ import json
 import math
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
-from raft_trainer.diffusion_raft_trainer import LORA_WEIGHT_NAME
-from raft_trainer.image_evaluation import evaluate_images
-from raft_trainer.stage_trainer import stage_file_path
-from raft_trainer.toy.tiny_diffusion import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
+from raft_trainer.diffusion.image_evaluation import evaluate_images
+from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from raft_trainer.stages.stage_files import stage_file_path
 
-from .test_examples import EXAMPLES, load_example
+from .helpers import load_example
 
-# Run as a script, the text-alignment example imports the resolution example's helpers from beside it.
-sys.path.insert(0, str(EXAMPLES / "diffusion"))
 resolution = load_example("diffusion/raft_sd_resolution.py")
 text_alignment = load_example("diffusion/raft_sd_text_alignment.py")
 

@@ -1,16 +1,6 @@
-import importlib.util
-from pathlib import Path
-
 from transformers import AutoModelForCausalLM
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(relative_path: str):
-    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, EXAMPLES / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import load_example
 
 
 def test_quickstart_runs_and_its_reward_rises(tmp_path):

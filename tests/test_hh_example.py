@@ -3,9 +3,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, word_tokenizer
 
-from .test_examples import load_example
+from .helpers import load_example
 
 hh = load_example("llm/raft_hh_rlhf.py")
 

@@ -1,3 +1,4 @@
+import io
 import os
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from raft_trainer.diffusion.rewards import JPEGCompressibility, JPEGIncompressibility
+from raft_trainer.diffusion.rewards import aesthetic as aesthetic_module
+from raft_trainer.diffusion.tiny import tiny_open_clip
 from raft_trainer.rewards import AestheticHead, AestheticScorer, CLIPScore, as_reward_functions, reward_function_name
-from raft_trainer.rewards import aesthetic as aesthetic_module
-from raft_trainer.toy.tiny_diffusion import tiny_open_clip
 
 # The real LAION aesthetic-predictor weights: read from outside the repository, never copied into it.
 HEAD_FILE = Path(
@@ -202,3 +204,44 @@ def test_clip_score_builds_a_named_open_clip_model(monkeypatch, images):
     scorer = CLIPScore()
     assert calls == [("ViT-H-14", "laion2b_s32b_b79k", False)]
     assert len(scorer(images=images[:2], prompts=["a cat", "a dog"])) == 2
+
+
+def jpeg_kb_by_hand(image: Image.Image, quality: int = 95) -> float:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return len(buffer.getvalue()) / 1000
+
+
+def test_jpeg_compressibility_is_minus_the_jpeg_size_in_kb_as_in_ddpo(images):
+    compressibility, incompressibility = JPEGCompressibility(), JPEGIncompressibility()
+    expected = [jpeg_kb_by_hand(image) for image in images]
+    assert incompressibility(images=images, prompts=["a"] * len(images), topic=list("abcdef")) == expected
+    assert compressibility(images=images) == [-size for size in expected]
+    flat, noise = Image.new("RGB", (64, 64), (120, 30, 200)), images[2]
+    assert compressibility(images=[flat])[0] > compressibility(images=[noise])[0]  # flat images compress better
+    assert JPEGIncompressibility(quality=50)(images=[noise]) == [jpeg_kb_by_hand(noise, 50)]
+    assert [reward_function_name(function) for function in (compressibility, incompressibility)] == [
+        "jpeg_compressibility",
+        "jpeg_incompressibility",
+    ]
+    assert as_reward_functions([compressibility]) == [compressibility]
+
+
+def test_jpeg_reward_takes_arrays_and_tensors_like_pil_images(images):
+    image = images[1]
+    array = np.asarray(image)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255  # CHW in [0, 1], as pipelines output
+    reward = JPEGCompressibility()
+    assert reward(images=[array]) == reward(images=[tensor]) == reward(images=[image])
+    assert reward(images=[]) == []
+
+
+@pytest.mark.parametrize("quality", [0, 101, 95.0, True])
+def test_jpeg_reward_rejects_a_bad_quality(quality):
+    with pytest.raises(ValueError, match="quality must be an int from 1 to 100"):
+        JPEGCompressibility(quality=quality)
+
+
+def test_jpeg_reward_wants_images():
+    with pytest.raises(ValueError, match="call it with images="):
+        JPEGIncompressibility()(completions=["a"])

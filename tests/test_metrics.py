@@ -7,7 +7,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from raft_trainer.metrics import distinct_n, msttr, perplexity, text_metrics, unique_n
 from raft_trainer.sequences import sft_example
 
-from .conftest import NO_DROPOUT
+from .helpers import NO_DROPOUT
 
 
 def test_distinct_n_on_hand_counted_texts():

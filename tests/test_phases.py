@@ -9,17 +9,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from raft_trainer import RAFTTrainer, cli, reference
-from raft_trainer.phases import (
-    candidates_file_path,
-    finetune_phase,
-    generate_phase,
-    score_phase,
-    stage_model_path,
-)
-from raft_trainer.stage_trainer import stage_prompt_indices
+from raft_trainer.phases import finetune_phase, generate_phase, score_phase
+from raft_trainer.stages.prompts import stage_prompt_indices
+from raft_trainer.stages.stage_files import candidates_file_path, stage_model_path
 
-from .conftest import LEARNING_PROMPTS, LEARNING_RUN, NO_DROPOUT, share_of_apple
-from .test_raft_trainer import completion_token_log_probs, read_stage
+from .helpers import LEARNING_PROMPTS, LEARNING_RUN, NO_DROPOUT, completion_token_log_probs, read_stage, share_of_apple
 
 
 def read_candidates(args, stage: int) -> list[dict]:

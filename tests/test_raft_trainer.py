@@ -5,50 +5,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl.rewards import get_soft_overlong_punishment
 
 from raft_trainer import RAFTTrainer, reference
-from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices
-from raft_trainer.toy.tiny import tiny_causal_lm, tiny_reward_model, word_tokenizer
+from raft_trainer.stages.prompts import stage_prompt_indices
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, tiny_reward_model, word_tokenizer
 
-from .conftest import CHAT_TEMPLATE, LEARNING_PROMPTS, LEARNING_RUN, NO_DROPOUT, PROMPT_WORDS, WORDS, share_of_apple
-
-
-def read_stage(args, stage: int) -> Dataset:
-    return load_dataset("json", data_files=stage_file_path(args.output_dir, stage), split="train")
-
-
-def by_prompt(rows: Dataset, num_generations: int) -> list[list[dict]]:
-    """The stage file's rows, grouped into the K candidates of each drawn prompt (they are written prompt-major)."""
-    rows = rows.to_list()
-    return [rows[i : i + num_generations] for i in range(0, len(rows), num_generations)]
-
-
-def completion_token_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-    """log p of each completion token under `model`, one unpadded sequence at a time: the reference's input."""
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        log_probs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
-    targets = ids[0, 1:]
-    token_log_probs = log_probs[torch.arange(len(targets)), targets]
-    return token_log_probs[len(prompt_ids) - 1 :].tolist()
-
-
-def record_candidates(trainer) -> list[dict]:
-    """Spy on the trainer's generation: keep a copy of each stage's candidates."""
-    recorded = []
-    generate = trainer.generate
-
-    def spy(*args, **kwargs):
-        candidates = generate(*args, **kwargs)
-        recorded.append(copy.deepcopy(candidates))
-        return candidates
-
-    trainer.generate = spy
-    return recorded
+from .helpers import (
+    CHAT_TEMPLATE,
+    LEARNING_PROMPTS,
+    LEARNING_RUN,
+    NO_DROPOUT,
+    PROMPT_WORDS,
+    WORDS,
+    by_prompt,
+    completion_token_log_probs,
+    read_stage,
+    record_candidates,
+    share_of_apple,
+)
 
 
 def test_selection_and_sft_loss_equal_the_reference(make_model, tokenizer, prompts, make_args):

@@ -7,9 +7,9 @@ import torch
 from transformers import TrainerCallback
 
 from raft_trainer import RAFTTrainer
-from raft_trainer.stage_trainer import stage_file_path
+from raft_trainer.stages.stage_files import stage_file_path
 
-from .conftest import NO_DROPOUT, share_of_apple
+from .helpers import NO_DROPOUT, share_of_apple
 
 NUM_STAGES = 3
 STEPS_PER_STAGE = 4  # epochs_per_stage=2 x (4 prompts / batch 2)

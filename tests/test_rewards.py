@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from raft_trainer.rewards import RewardModel, as_reward_functions, reward_function_name
-from raft_trainer.toy.tiny import tiny_reward_model
+from raft_trainer.tasks.toy.tiny import tiny_reward_model
 
-from .conftest import NO_DROPOUT, share_of_apple
+from .helpers import NO_DROPOUT, share_of_apple
 
 
 def test_reward_model_scores_in_padded_batches_as_it_does_one_by_one(tokenizer):

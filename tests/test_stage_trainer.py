@@ -7,9 +7,10 @@ import torch
 from datasets import Dataset, load_dataset
 
 from raft_trainer import RAFTTrainer
-from raft_trainer.stage_trainer import stage_file_path, stage_prompt_indices, validate_prompt_dataset, write_stage_file
+from raft_trainer.stages.prompts import stage_prompt_indices, validate_prompt_dataset
+from raft_trainer.stages.stage_files import stage_file_path, write_stage_file
 
-from .conftest import share_of_apple
+from .helpers import share_of_apple
 
 
 def test_stages_walk_the_dataset_in_a_fresh_order_each_pass():

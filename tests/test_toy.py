@@ -4,8 +4,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from raft_trainer.rewards import RewardModel
-from raft_trainer.toy import pipeline
-from raft_trainer.toy.world import QUALITIES, TOPICS, make_prompt, make_world, response, topic_of, true_score
+from raft_trainer.tasks.toy import pipeline
+from raft_trainer.tasks.toy.world import QUALITIES, TOPICS, make_prompt, make_world, response, topic_of, true_score
 
 
 def test_true_score_prefers_helpful_on_topic_answers():

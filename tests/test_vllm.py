@@ -14,11 +14,11 @@ from datasets import Dataset
 
 import raft_trainer.vllm_sampling as vllm_sampling
 from raft_trainer import RAFTTrainer
-from raft_trainer.phases import candidates_file_path, generate_phase
-from raft_trainer.stage_trainer import stage_prompt_indices
+from raft_trainer.phases import generate_phase
+from raft_trainer.stages.prompts import stage_prompt_indices
+from raft_trainer.stages.stage_files import candidates_file_path
 
-from .conftest import share_of_apple
-from .test_raft_trainer import read_stage
+from .helpers import read_stage, share_of_apple
 
 
 class StandInVLLMGeneration:

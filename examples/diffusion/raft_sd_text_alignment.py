@@ -10,37 +10,25 @@ RAFT to draw what the prompt says, rewarded by the OpenCLIP score (100 x cosine 
     python examples/diffusion/raft_sd_text_alignment.py --prompts my_prompts.txt --output_dir runs/sd-align
     python examples/diffusion/raft_sd_text_alignment.py --tiny   # tiny random models, offline, a minute on a CPU
 
-Every DiffusionRAFTConfig field is a flag; the model flags are those of `raft_sd_resolution.py`, whose helpers this
-script uses (run it from anywhere: Python puts this folder on the import path).
+Every DiffusionRAFTConfig field is a flag; the model flags (`raft_trainer.diffusion.scripts`) are those of every
+diffusion example.
 """
 
-import os
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from raft_sd_resolution import (
+
+from raft_trainer import DiffusionRAFTTrainer
+from raft_trainer.diffusion.scripts import (  # noqa: F401 (DEFAULT_PROMPTS: this example's built-in prompts)
+    DEFAULT_PROMPTS,
     ImageScriptArguments,
     load_aesthetic_scorer,
     load_clip_score,
     load_pipeline,
     parse_args,
+    read_prompts,
     run_and_report,
 )
-
-from raft_trainer import DiffusionRAFTTrainer
-
-DEFAULT_PROMPTS = [
-    "a cat in the style of Claude Monet",
-    "a lighthouse on a cliff at sunset, oil painting",
-    "a red bicycle leaning against a blue door",
-    "an astronaut riding a horse on the moon",
-    "a bowl of ramen in the style of Hokusai",
-    "a fox reading a book under a tree, watercolor",
-    "a glass teapot filled with flowers",
-    "a robot playing chess in a park",
-    "a castle made of ice under the northern lights",
-    "two dogs wearing sunglasses on a beach",
-]
 
 PAPER_DEFAULTS = dict(
     output_dir="runs/raft-sd-text-alignment",
@@ -67,19 +55,6 @@ class TextAlignmentArguments(ImageScriptArguments):
     eval_aesthetic: bool = field(
         default=False, metadata={"help": "Also evaluate the aesthetic score (loads the aesthetic predictor)."}
     )
-
-
-def read_prompts(path: str | None) -> list[str]:
-    """The non-blank lines of `path`, stripped; `DEFAULT_PROMPTS` when no file is given."""
-    if path is None:
-        return list(DEFAULT_PROMPTS)
-    if not os.path.isfile(path):
-        raise ValueError(f"--prompts {path!r}: no such file (give a text file of prompts, one a line).")
-    with open(path, encoding="utf-8") as file:
-        prompts = [line.strip() for line in file if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path!r} holds no prompt (one a line, blank lines skipped).")
-    return prompts
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,7 +14,7 @@ from datasets import Dataset
 from transformers import HfArgumentParser
 
 from raft_trainer import RAFTConfig, RAFTTrainer
-from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon say tell me a word something".split()
 DEFAULTS = dict(

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer, TrlParser
 
 from raft_trainer import RAFTConfig, RAFTTrainer
-from raft_trainer.report import train_and_report
+from raft_trainer.reporting.summary import train_and_report
 
 ASSISTANT = "\n\nAssistant:"
 PAPER_DEFAULTS = dict(

@@ -19,9 +19,10 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ..callbacks import StageTableCallback
 from ..raft_config import RAFTConfig
-from ..raft_trainer import RAFTTrainer, tokenize_prompts
+from ..raft_trainer import RAFTTrainer
+from ..reporting.stage_table import StageTableCallback
+from ..sequences import tokenize_prompts
 from .progress import CountingModule, CountingReward, RewardCurve
 from .settings import CompareArguments
 from .task import ComparisonTask

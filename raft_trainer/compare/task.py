@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from ..cli import load_prompts
-from ..toy.pipeline import prepare_models
-from ..toy.world import make_world, true_score
+from ..tasks.prompt_datasets import load_prompts
+from ..tasks.toy.pipeline import prepare_models
+from ..tasks.toy.world import make_world, true_score
 from .settings import CompareArguments
 
 

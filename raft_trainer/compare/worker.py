@@ -16,9 +16,8 @@ from transformers.utils import logging as transformers_logging
 
 from ..evaluation import evaluate_model, reward_function_scorer
 from ..files import write_json
-from ..raft_trainer import sampling_config
 from ..rewards import RewardModel
-from ..sequences import load_tokenizer
+from ..sequences import load_tokenizer, sampling_config
 from .methods import TRAINERS, Run
 from .progress import RewardCurve, Stopwatch
 from .settings import CompareArguments

@@ -28,7 +28,7 @@ def as_reward_functions(
     """
     items = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]
     if not items:
-        raise ValueError("reward_fn is empty: give a callable, a reward model, a model id, or a list of these.")
+        raise ValueError("reward_funcs is empty: give a callable, a reward model, a model id, or a list of these.")
     if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
         processing_classes = [processing_classes] * len(items)
     if len(processing_classes) != len(items):
@@ -46,7 +46,7 @@ def as_reward_functions(
             functions.append(item)
         else:
             raise ValueError(
-                "reward_fn entries must be callables, reward-model ids or PreTrainedModels; "
+                "reward_funcs entries must be callables, reward-model ids or PreTrainedModels; "
                 f"got {type(item).__name__}."
             )
     return functions
@@ -56,9 +56,9 @@ def reward_function_name(function: RewardFunction) -> str:
     return getattr(function, "__name__", None) or type(function).__name__
 
 
-# The image rewards need open_clip.
+# The image rewards live with the diffusion side (the `diffusion` extra): imported on first use.
 __getattr__ = lazy_attributes(
-    __name__, {"AestheticHead": ".aesthetic", "AestheticScorer": ".aesthetic", "CLIPScore": ".clip_score"}
+    __name__, {name: "..diffusion.rewards" for name in ("AestheticHead", "AestheticScorer", "CLIPScore")}
 )
 
 

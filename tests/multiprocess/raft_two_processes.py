@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from raft_trainer import RAFTConfig, RAFTTrainer
 from raft_trainer.phases import finetune_phase, generate_phase, score_phase
-from raft_trainer.toy.tiny import tiny_causal_lm, word_tokenizer
+from raft_trainer.tasks.toy.tiny import tiny_causal_lm, word_tokenizer
 
 WORDS = "apple banana cherry dog egg fish say something tell me a word please".split()
 PROMPTS = ["say something", "tell me a word", "say a word please", "tell me something", "say a word", "tell me"]

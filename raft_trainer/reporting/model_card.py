@@ -36,6 +36,15 @@ def hyperparameters(args: TrainingArguments) -> dict:
     return {name: getattr(args, name) for name in raft_fields + list(TRAINING_FIELDS)}
 
 
+def candidate_sentence(args) -> str:
+    """Where a stage's candidates come from, as the model card says it."""
+    source = getattr(args, "candidate_source", "model")
+    if source == "dataset":
+        return "ranks the completions of a candidate dataset for each prompt"
+    sampled = f"generates {args.num_generations} candidates per prompt"
+    return sampled + (" together with the completions of a candidate dataset" if source == "both" else "")
+
+
 def write_model_card(trainer, base_model: str | None, model_name: str, tags: list[str], output_dir: str) -> str:
     """Write `README.md` (and `reward_curve.png` once stages have run) in `output_dir`; return its path."""
     stages = stage_records(trainer)
@@ -49,13 +58,13 @@ def write_model_card(trainer, base_model: str | None, model_name: str, tags: lis
         "",
         f"This model{f' was fine-tuned from `{base_model}`' if base_model else ' was trained'} with **RAFT** "
         "(Reward rAnked FineTuning, [Dong et al., TMLR 2023](https://arxiv.org/abs/2304.06767)) using "
-        f"raft-trainer: each stage {trainer.card_candidates()}, keeps the best by reward"
+        f"raft-trainer: each stage {candidate_sentence(trainer.args)}, keeps the best by reward"
         f"{' penalised by KL to the initial model' if getattr(trainer.args, 'beta', 0) > 0 else ''} "
         f"({trainer.args.ranking} ranking) and fine-tunes {trainer.card_training}.",
         "",
         f"**Reward:** {rewards}.",
         "",
-        *trainer.card_usage(base_model),
+        *([trainer.card_usage.format(base_model=base_model or "<base model>"), ""] if trainer.card_usage else []),
         "## Hyper-parameters",
         "",
         "| parameter | value |",

@@ -1,5 +1,5 @@
 """Tiny language models built from configs, for offline tests and the miniature world: nothing is downloaded.
-(The tiny Stable Diffusion and OpenCLIP models are in `tiny_diffusion.py`.)"""
+(The tiny Stable Diffusion and OpenCLIP models are in `raft_trainer/diffusion/tiny.py`.)"""
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast

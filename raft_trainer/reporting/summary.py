@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from datasets import Dataset
 
-from .evaluation import evaluate_policy
-from .files import write_json
-from .raft_trainer import RAFTTrainer
+from ..evaluation import evaluate_policy
+from ..files import write_json
+from ..raft_trainer import RAFTTrainer
 from .run_log import plot_reward_curve, stage_records
 
 

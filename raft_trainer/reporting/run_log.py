@@ -2,7 +2,7 @@
 
 from transformers import Trainer
 
-from .files import atomic_path
+from ..files import atomic_path
 
 
 def stage_records(trainer: Trainer) -> list[dict]:

@@ -4,7 +4,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from .files import atomic_path
+from ..files import atomic_path
 
 CAPTION_HEIGHT = 14
 

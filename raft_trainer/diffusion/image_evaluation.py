@@ -1,24 +1,24 @@
-"""Evaluate a Stable Diffusion pipeline with image rewards before and after RAFT: the paper's Table 8 (aesthetic and
-CLIP score, mean ± std, on in-domain and out-of-domain prompts)."""
+"""Evaluate a diffusers pipeline (SD 1.x / 2.x, SDXL, SD3, FLUX.1) with image rewards before and after RAFT: the
+paper's Table 8 (aesthetic and CLIP score, mean ± std, on in-domain and out-of-domain prompts)."""
 
 import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
+from ..files import write_json
+from ..memory import eval_mode, move_models
+from ..reporting.run_log import stage_records
 from .diffusion_raft_trainer import DiffusionRAFTTrainer
-from .files import write_json
-from .memory import move_models
-from .run_log import stage_records
 
 EVALUATION_FILE = "evaluation.json"
 
 
 @torch.no_grad()
 def evaluate_images(
-    pipeline: StableDiffusionPipeline,
+    pipeline: DiffusionPipeline,
     prompts: list[str],
     reward_functions: dict[str, Callable],
     images_per_prompt: int = 1,
@@ -45,26 +45,28 @@ def evaluate_images(
     all_prompts = [prompt for prompt in prompts for _ in range(images_per_prompt)]
     seeds = np.random.SeedSequence(seed).generate_state(len(all_prompts))
     rewards = {name: [] for name in reward_functions}
-    unet = pipeline.unet
-    was_training = unet.training
-    unet.eval()  # a trainer leaves the UNet in training mode
-    for start in range(0, len(all_prompts), batch_size):
-        batch = all_prompts[start : start + batch_size]
-        images = pipeline(
-            prompt=batch,
-            negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,
-            generator=[
-                torch.Generator().manual_seed(int(image_seed)) for image_seed in seeds[start : start + len(batch)]
-            ],
-            output_type="pil",
-            **generation_kwargs,
-        ).images
-        for name, function in reward_functions.items():
-            values = list(function(images=images, prompts=batch))
-            if len(values) != len(batch):
-                raise ValueError(f"reward function {name!r} returned {len(values)} values for {len(batch)} images.")
-            rewards[name] += [float(value) for value in values]
-    unet.train(was_training)
+    # The UNet (SD 1.x / 2.x, XL) or the transformer (SD3, FLUX.1): a trainer leaves it in training mode.
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    with eval_mode(denoiser):
+        for start in range(0, len(all_prompts), batch_size):
+            batch = all_prompts[start : start + batch_size]
+            if negative_prompt:  # not every pipeline takes one (FLUX.1 needs true_cfg_scale with it)
+                generation_kwargs["negative_prompt"] = [negative_prompt] * len(batch)
+            images = pipeline(
+                prompt=batch,
+                generator=[
+                    torch.Generator().manual_seed(int(image_seed)) for image_seed in seeds[start : start + len(batch)]
+                ],
+                output_type="pil",
+                **generation_kwargs,
+            ).images
+            for name, function in reward_functions.items():
+                values = list(function(images=images, prompts=batch))
+                if len(values) != len(batch):
+                    raise ValueError(
+                        f"reward function {name!r} returned {len(values)} values for {len(batch)} images."
+                    )
+                rewards[name] += [float(value) for value in values]
     return {name: {"mean": float(np.mean(values)), "std": float(np.std(values))} for name, values in rewards.items()}
 
 
@@ -94,6 +96,8 @@ def train_and_evaluate_images(
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
     )
+    if args.max_sequence_length is not None:  # SD3 / FLUX.1: generate as the trainer does
+        settings["max_sequence_length"] = args.max_sequence_length
 
     def evaluate() -> dict:
         return {

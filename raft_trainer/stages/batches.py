@@ -1,0 +1,27 @@
+"""The Trainer's view of the stage cycle: an iterable dataset whose every pass is one stage's training batches."""
+
+import itertools
+from collections.abc import Iterator
+
+from torch.utils.data import IterableDataset
+
+
+class StageBatches(IterableDataset):
+    """What the Trainer's train dataloader iterates: each pass runs the stage the Trainer is in (or takes it back from
+    the checkpoint a run resumed from) and yields that stage's training batches.
+
+    The stage is read off the Trainer's global step, so a resumed run picks up the stage it stopped in; and since
+    this is an iterable dataset served by a plain `DataLoader`, the Trainer's own fast-forward past the batches a
+    resumed stage already trained on (accelerate's `skip_first_batches`) works unchanged.
+    """
+
+    def __init__(self, trainer):  # a StageTrainer
+        self.trainer = trainer
+
+    def __len__(self) -> int:
+        return self.trainer.batches_per_stage()
+
+    def __iter__(self) -> Iterator[dict]:
+        stage = self.trainer.current_stage()
+        examples = self.trainer.stage_examples(stage)
+        return itertools.islice(self.trainer.stage_batches(examples, stage), len(self))

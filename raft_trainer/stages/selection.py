@@ -1,0 +1,146 @@
+"""Which candidates a RAFT stage keeps: pure tensor functions, no model, no I/O.
+
+A NaN score means "no reward": such a candidate is never kept, and a prompt whose candidates all lack a reward
+keeps nothing that stage.
+"""
+
+import torch
+
+
+def kl_penalized_scores(
+    rewards: torch.Tensor, log_probs: torch.Tensor, ref_log_probs: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Paper Eq. 5: r - beta * (log p(y|x) - log p_ref(y|x)), with sequence log-probs."""
+    return rewards - beta * (log_probs - ref_log_probs)
+
+
+def best_per_group(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Local ranking. `scores` and `groups` are [N], `groups` holding each candidate's prompt (any integer ids, any
+    number of candidates each); returns a bool mask marking the highest score of each group (the earliest candidate
+    on ties)."""
+    valid = ~torch.isnan(scores)
+    by_score = torch.sort(torch.where(valid, scores, -torch.inf), descending=True, stable=True).indices
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]  # by group, best first within each
+    sorted_groups = groups[order]
+    first_of_group = torch.ones_like(sorted_groups, dtype=torch.bool)
+    first_of_group[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    kept = torch.zeros_like(scores, dtype=torch.bool)
+    kept[order[first_of_group]] = True
+    return kept & valid
+
+
+def top_of_pool(scores: torch.Tensor, num_kept: int, threshold: float | None = None) -> torch.Tensor:
+    """Global ranking (paper appendix A.2). `scores` is [N]; returns a bool mask marking the `num_kept` highest
+    scores of the whole pool (earlier candidates first on ties). With `threshold`, only scores >= threshold are
+    kept, so fewer than `num_kept` when the pool has fewer good enough."""
+    if threshold is not None:
+        scores = exclude(scores, scores < threshold)
+    valid = ~torch.isnan(scores)
+    order = torch.sort(torch.where(valid, scores, -torch.inf), descending=True, stable=True).indices
+    kept = torch.zeros_like(scores, dtype=torch.bool)
+    kept[order[:num_kept]] = True
+    return kept & valid
+
+
+def equal_reward_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Reinforce-Rej's filter: a bool mask [N] of the candidates to drop, those whose group (prompt) has all-equal
+    rewards, so they carry no contrast. `rewards` and `groups` are [N]; groups are any integer ids with any number
+    of candidates each, in any order.
+
+    NaN rewards (no reward) are left out when a group is judged, and a NaN candidate is always marked, so `~mask`
+    never keeps a candidate without a reward. A group with fewer than two rewards has nothing to compare and is
+    marked whole. Rewards are compared exactly (verl tests std > 0, which can differ by rounding for non-binary
+    rewards).
+    """
+    _, group_index = torch.unique(groups, return_inverse=True)
+    num_groups = int(group_index.max()) + 1 if len(groups) else 0
+    valid = ~torch.isnan(rewards)
+    values = rewards.to(torch.float64)
+    # Per group, the largest and smallest valid reward; a group without any keeps -inf and +inf.
+    highest = torch.full((num_groups,), -torch.inf, dtype=torch.float64, device=rewards.device)
+    lowest = torch.full((num_groups,), torch.inf, dtype=torch.float64, device=rewards.device)
+    highest = highest.scatter_reduce(0, group_index, torch.where(valid, values, -torch.inf), "amax")
+    lowest = lowest.scatter_reduce(0, group_index, torch.where(valid, values, torch.inf), "amin")
+    # A group with zero or one valid reward has highest <= lowest, so it is marked with the all-equal ones.
+    contrasted = highest > lowest
+    return ~contrasted[group_index] | ~valid
+
+
+def select(
+    scores: torch.Tensor,
+    ranking: str,
+    groups: torch.Tensor,
+    num_kept: int,
+    per_group: int = 1,
+    duplicate_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The kept mask [N] of a stage's flat scores (NaN: never kept): with local ranking the best `per_group`
+    distinct candidates of each prompt's group (the best one when `per_group` is 1), with global ranking the
+    `num_kept` best of the pool."""
+    if ranking == "global":
+        return top_of_pool(scores, num_kept)
+    if per_group == 1 and duplicate_keys is None:
+        return best_per_group(scores, groups)
+    return accept_per_group(scores, groups, per_group, duplicate_keys=duplicate_keys)
+
+
+def exclude(scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """`scores` with NaN where the bool mask `excluded` is set: the way to say "never keep these" (truncated
+    completions, say) to every selection function here, which all skip NaN."""
+    return scores.masked_fill(excluded, torch.nan)
+
+
+def _first_of_runs(sorted_keys: list[torch.Tensor]) -> torch.Tensor:
+    """For rows sorted so that equal key tuples are adjacent: True where a run of equal keys starts."""
+    first = torch.zeros_like(sorted_keys[0], dtype=torch.bool)
+    if len(first):
+        first[0] = True
+    for keys in sorted_keys:
+        first[1:] |= keys[1:] != keys[:-1]
+    return first
+
+
+def _count_within_runs(flags: torch.Tensor, first_of_run: torch.Tensor) -> torch.Tensor:
+    """How many of `flags` are set from the start of each position's run up to and including that position."""
+    running = torch.cumsum(flags.long(), dim=0)
+    before = running - flags.long()  # the count before each position
+    positions = torch.arange(len(flags), device=flags.device)
+    run_start = torch.where(first_of_run, positions, 0).cummax(dim=0).values
+    return running - before[run_start]
+
+
+def accept_per_group(
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    per_group: int | None = 1,
+    threshold: float | None = None,
+    duplicate_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Local selection for binary or sparse rewards (RAFT as rejection sampling, Xiong et al. 2025), the twin of
+    `reference.accepted_per_group`. `scores` and `groups` are [N] (any integer group ids, any group sizes, any
+    order); returns a bool mask of the kept candidates: per group, up to `per_group` of them (None: all) in
+    descending score order, the earliest candidate first on ties, only those >= `threshold` (if given), never a NaN.
+    With `duplicate_keys` [N] (ints; equal keys within a group mean the same completion text), a candidate whose
+    key was already kept in its group is skipped, so a prompt contributes distinct completions only.
+    """
+    valid = ~torch.isnan(scores)
+    if threshold is not None:
+        valid &= scores >= threshold
+    # Best first, earliest first on ties; then grouped (stable sorts keep that order inside each group).
+    by_score = torch.sort(torch.where(valid, scores, -torch.inf), descending=True, stable=True).indices
+    eligible = valid.clone()
+    if duplicate_keys is not None:
+        # Within each (group, key) run, in score order, a valid candidate after the run's first valid one is a copy.
+        # That first copy was kept unless its group was already full, and then this one would not be kept either:
+        # the same as the reference's "skip a text already kept".
+        by_key = by_score[torch.sort(duplicate_keys[by_score], stable=True).indices]
+        by_key = by_key[torch.sort(groups[by_key], stable=True).indices]
+        first = _first_of_runs([groups[by_key], duplicate_keys[by_key]])
+        copies_so_far = _count_within_runs(valid[by_key], first)
+        eligible[by_key] = valid[by_key] & (copies_so_far == 1)
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]
+    rank = _count_within_runs(eligible[order], _first_of_runs([groups[order]]))
+    kept_in_order = eligible[order] if per_group is None else eligible[order] & (rank <= per_group)
+    kept = torch.zeros_like(valid)
+    kept[order] = kept_in_order
+    return kept

@@ -1,0 +1,98 @@
+"""What several test files share: the tiny vocabulary, settings under which a tiny model learns, and small tools.
+(Fixtures live in conftest.py; pytest discourages importing from it.)"""
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_dataset
+
+from raft_trainer.stages.stage_files import stage_file_path
+
+WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon".split()
+PROMPT_WORDS = ["say", "something", "tell", "me", "a", "word", "please", "user", "Assistant", ":"]
+NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}Assistant : {% endif %}"
+)
+# Settings under which a random tiny model learns `share_of_apple` within a few stages.
+LEARNING_PROMPTS = ["say something", "tell me a word", "say a word please", "tell me"] * 4
+LEARNING_RUN = dict(
+    num_stages=4,
+    prompts_per_stage=16,
+    num_generations=8,
+    max_completion_length=16,
+    epochs_per_stage=4,
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+)
+
+
+def config_maker(tmp_path, config_class, **defaults):
+    """A factory of quiet one-stage test configurations of `config_class` writing to `tmp_path/out`: `defaults`,
+    then the keywords each call gives, override the common settings."""
+    common = dict(
+        output_dir=str(tmp_path / "out"),
+        num_stages=1,
+        prompts_per_stage=4,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+
+    def make(**overrides):
+        return config_class(**{**common, **defaults, **overrides})
+
+    return make
+
+
+def share_of_apple(completions, **kwargs):
+    """Share of the word 'apple' among a completion's words: a reward a tiny model can learn in seconds."""
+    return [text.split().count("apple") / max(1, len(text.split())) for text in completions]
+
+
+def read_stage(args, stage: int) -> Dataset:
+    return load_dataset("json", data_files=stage_file_path(args.output_dir, stage), split="train")
+
+
+def completion_token_log_probs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    """log p of each completion token under `model`, one unpadded sequence at a time: the reference's input."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+    targets = ids[0, 1:]
+    token_log_probs = log_probs[torch.arange(len(targets)), targets]
+    return token_log_probs[len(prompt_ids) - 1 :].tolist()
+
+
+def record_candidates(trainer) -> list[dict]:
+    """Spy on the trainer's generation: keep a copy of each stage's candidates."""
+    recorded = []
+    generate = trainer.generate
+
+    def spy(*args, **kwargs):
+        candidates = generate(*args, **kwargs)
+        recorded.append(copy.deepcopy(candidates))
+        return candidates
+
+    trainer.generate = spy
+    return recorded
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(relative_path: str):
+    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, EXAMPLES / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def by_prompt(rows: Dataset, num_generations: int) -> list[list[dict]]:
+    """The stage file's rows, grouped into the K candidates of each drawn prompt (they are written prompt-major)."""
+    rows = rows.to_list()
+    return [rows[i : i + num_generations] for i in range(0, len(rows), num_generations)]
