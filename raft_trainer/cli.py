@@ -12,12 +12,14 @@ import os
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
+from transformers.trainer_utils import IntervalStrategy
 from trl import TrlParser
 
 from .arguments import check_phase_arguments, check_raft_arguments
 from .phases import finetune_phase, generate_phase, score_phase
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
+from .reporting.console import quiet_dependencies
 from .reporting.summary import train_and_report
 from .tasks.prompt_datasets import load_prompts
 from .tasks.toy.pipeline import prepare_models
@@ -80,6 +82,9 @@ class ScriptArguments:
         default=os.path.join("~", ".cache", "raft-trainer"),
         metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
     )
+    verbose: bool = field(
+        default=False, metadata={"help": "Show the libraries' own progress bars, load reports and warnings."}
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConfig]:
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), run RAFT with its evaluation and report; returns the summary."""
     script_args, args = parse_args(argv)
+    if not script_args.verbose:
+        quiet_dependencies()
     has_candidate_dataset = script_args.candidate_dataset_name is not None
     if script_args.phase != "all":
         check_phase_arguments(args, has_candidate_dataset)
@@ -137,8 +144,15 @@ def run(argv: list[str] | None = None) -> dict:
     candidate_dataset = None
     if script_args.candidate_dataset_name is not None:
         candidate_dataset = load_dataset(script_args.candidate_dataset_name, split=script_args.candidate_dataset_split)
+    if args.eval_strategy == IntervalStrategy.NO:  # held-out prompts exist: track their reward after every stage
+        args.eval_strategy, args.do_eval = IntervalStrategy.EPOCH, True
     trainer = RAFTTrainer(
-        policy, reward_model, args=args, train_dataset=train_prompts, candidate_dataset=candidate_dataset
+        policy,
+        reward_model,
+        args=args,
+        train_dataset=train_prompts,
+        candidate_dataset=candidate_dataset,
+        eval_dataset=eval_prompts,
     )
     summary = train_and_report(trainer, eval_prompts, eval_chosen, ground_truth)
     if trainer.is_world_process_zero():

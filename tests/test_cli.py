@@ -44,6 +44,12 @@ def test_raft_train_runs_the_miniature_world_and_writes_its_report(tmp_path):
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
     AutoModelForCausalLM.from_pretrained(out)
     assert "stage   reward     kept" in finished.stdout and "true_score" in finished.stdout
+    # The stage table and the evaluation, nothing else: no raw log dicts, no dependency reports or bars.
+    assert "{'" not in finished.stdout
+    for noise in ("LOAD REPORT", "Tokenizing", "Dropping fully masked", "Warning"):
+        assert noise not in finished.stdout + finished.stderr, noise
+    table = [line for line in finished.stdout.splitlines() if line.startswith("stage")]
+    assert len(table) == 1 and "eval" in table[0]  # one header, with the held-out reward after each stage
 
 
 def test_run_returns_the_summary_it_writes(tmp_path):

@@ -33,6 +33,7 @@ def quick_comparison(tmp_path_factory):
     return output_dir, results
 
 
+@pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
 def test_every_method_gets_a_row_with_every_field(quick_comparison):
     output_dir, results = quick_comparison
     assert list(results["methods"]) == ["raft", "ppo", "grpo"]
@@ -46,6 +47,7 @@ def test_every_method_gets_a_row_with_every_field(quick_comparison):
     assert set(results["start"]) >= ROW_FIELDS - {"peak_memory_mb", "wall_seconds", "completions", "curve"}
 
 
+@pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
 def test_every_method_generates_the_same_budget_and_is_followed_along_it(quick_comparison):
     _, results = quick_comparison
     for name, row in results["methods"].items():
@@ -60,6 +62,7 @@ def test_every_method_generates_the_same_budget_and_is_followed_along_it(quick_c
     assert starts == pytest.approx([starts[0]] * len(starts))
 
 
+@pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
 def test_the_table_and_the_plots_are_written(quick_comparison):
     output_dir, _ = quick_comparison
     table = (output_dir / "comparison.md").read_text()
@@ -152,6 +155,38 @@ def test_the_learning_rate_is_chosen_on_validation_reward_and_a_diverged_run_nev
     best = best_learning_rate([row(1e-4, 0.5, 9.0), row(1e-3, 0.7, 0.1), row(1e-2, float("nan"), 10.0)])
     assert best["learning_rate"] == 1e-3  # not the one with the best test reward
     assert [entry["learning_rate"] for entry in best["learning_rate_search"]] == [1e-4, 1e-3, 1e-2]
+
+
+def test_a_method_that_fails_is_reported_with_its_error_and_the_others_are_kept():
+    from raft_trainer.compare.report import comparison_markdown
+
+    def row(validation):
+        curve = [{"completions": 0, "seconds": 0.0, "reward": 0.0}, {"completions": 8, "reward": validation}]
+        measured = {"final_reward": validation, "true_score": None, "perplexity": 2.0, "wall_seconds": 1.0}
+        return {"learning_rate": 1e-3, "curve": curve, "peak_memory_mb": 100.0, "cpu_seconds": 1.0, **measured}
+
+    error = "ValueError: The sum of the mask is zero"
+    ppo = best_learning_rate([{"learning_rate": 1e-4, "failed": error}, {"learning_rate": 1e-3, "failed": error}])
+    raft = best_learning_rate([{"learning_rate": 1e-4, "failed": "RuntimeError: diverged"}, row(0.7)])
+    assert ppo["failed"] == error and raft["learning_rate"] == 1e-3 and "failed" not in raft
+    assert raft["learning_rate_search"][0] == {"learning_rate": 1e-4, "failed": "RuntimeError: diverged"}
+    results = {
+        "methods": {"raft": raft, "ppo": ppo},
+        "start": {"final_reward": 0.0},
+        "budget": {
+            "completions": [8],
+            "max_completion_length": 16,
+            "learning_rates": [1e-4, 1e-3],
+            "curve_prompts": 4,
+            "test_prompts": 4,
+            "memory": "process peak resident set",
+            "device": "cpu",
+        },
+        "ablation": None,
+    }
+    text = comparison_markdown(results)
+    assert "| raft |" in text and "| ppo |" not in text
+    assert f"**ppo failed** at every learning rate: {error}" in text
 
 
 def test_seed_summary_gives_mean_and_range(tmp_path):

@@ -17,7 +17,7 @@ from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 from raft_trainer.stages.stage_files import stage_file_path
 
-from .helpers import config_maker
+from .helpers import PlantedCrash, config_maker, crashing_at_second_call
 
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 
@@ -177,18 +177,7 @@ def test_denoising_loss_follows_the_definition(prompts, make_args, prediction_ty
 
 
 def test_resumed_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
-    class Crash(Exception):
-        pass
-
-    calls = []
-
-    def crashing_brightness(images, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Crash("planted crash at stage 1")
-        return brightness(images)
-
-    crashing_brightness.__name__ = brightness.__name__
+    crashing_brightness = crashing_at_second_call(brightness)
     run = dict(num_stages=2, save_strategy="epoch")
     reference = DiffusionRAFTTrainer(
         tiny_sd_pipeline(),
@@ -198,7 +187,7 @@ def test_resumed_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
     )
     reference.train()
     output_dir = str(tmp_path / "crashed")
-    with pytest.raises(Crash):
+    with pytest.raises(PlantedCrash):
         DiffusionRAFTTrainer(
             tiny_sd_pipeline(),
             crashing_brightness,

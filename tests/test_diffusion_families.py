@@ -18,7 +18,7 @@ from raft_trainer.diffusion.rewards import JPEGCompressibility
 from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 from raft_trainer.stages.stage_files import stage_file_path
 
-from .helpers import config_maker
+from .helpers import PlantedCrash, config_maker, crashing_at_second_call
 
 PROMPTS = ["lower newer", "wider", "lowest"]
 SEQUENCE = 8  # T5 tokens of the SD3 / FLUX prompts: short, for speed
@@ -228,18 +228,7 @@ def test_loss_follows_its_definition_on_a_hand_built_batch(prompts, make_args, f
 
 
 def test_resumed_sd3_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
-    class Crash(Exception):
-        pass
-
-    calls = []
-
-    def crashing_brightness(images, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Crash("planted crash at stage 1")
-        return brightness(images)
-
-    crashing_brightness.__name__ = brightness.__name__
+    crashing_brightness = crashing_at_second_call(brightness)
     run = dict(num_stages=2, save_strategy="epoch", prompts_per_stage=2, max_sequence_length=SEQUENCE)
 
     def trainer(reward, name):
@@ -248,7 +237,7 @@ def test_resumed_sd3_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
 
     reference = trainer(brightness, "reference")
     reference.train()
-    with pytest.raises(Crash):
+    with pytest.raises(PlantedCrash):
         trainer(crashing_brightness, "crashed").train()
     resumed = trainer(brightness, "crashed")
     resumed.train(resume_from_checkpoint=True)
@@ -269,7 +258,7 @@ def test_settings_a_family_cannot_use_are_rejected(prompts, make_args):
     pipeline.vae_scale_factor = 8  # as in the real FLUX.1 VAE: sides must be multiples of 16
     with pytest.raises(ValueError, match="height=24: FLUX.1 .* multiples of 16; set height to one"):
         DiffusionRAFTTrainer(pipeline, brightness, args=make_args(height=24, width=32), train_dataset=prompts)
-    with pytest.raises(ValueError, match="pipeline is a dict; DiffusionRAFTTrainer fine-tunes StableDiffusionPipeline"):
+    with pytest.raises(ValueError, match="pipeline is a dict; DiffusionRAFTTrainer fine-tunes StableDiffusionPip"):
         DiffusionRAFTTrainer({}, brightness, args=make_args(), train_dataset=prompts)
 
 

@@ -34,7 +34,7 @@ def test_second_call_uses_the_cache(smollm2_path, monkeypatch):
     assert resolve_model_name(SMOLLM2, cache_dir=os.path.dirname(smollm2_path)) == smollm2_path
 
 
-def test_converted_model_reloads_and_answers(smollm2_path):
+def test_converted_model_reloads_and_answers(smollm2_path, one_torch_thread):
     model = AutoModelForCausalLM.from_pretrained(smollm2_path)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     assert model.dtype == torch.float32

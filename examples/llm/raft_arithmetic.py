@@ -44,7 +44,7 @@ DEFAULTS = dict(
     per_device_train_batch_size=8,
     reward_threshold=1.0,  # accepted = correct
     kept_per_prompt=8,  # every distinct correct answer
-    samples_per_stage=64,
+    samples_per_stage=48,
     mask_truncated_completions=True,
     eval_strategy="epoch",
     save_strategy="no",
@@ -60,7 +60,10 @@ class ArithmeticArguments:
     )
     level: str = field(default="sums", metadata={"help": "'sums', 'two_digit' or 'word_problems'."})
     num_train_prompts: int = field(default=256, metadata={"help": "Training problems."})
-    num_eval_samples: int = field(default=4, metadata={"help": "Samples per held-out prompt for pass@K before/after."})
+    num_eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt for pass@K before/after."})
+    num_stage_eval_prompts: int = field(
+        default=25, metadata={"help": "Held-out prompts sampled after every stage (the accuracy-per-stage curve)."}
+    )
     best_of_k: bool = field(
         default=False, metadata={"help": "Plain best-of-K selection (no threshold, one per prompt), for comparison."}
     )
@@ -100,9 +103,12 @@ def plot_accuracy(stages: list[dict], before: dict, after: dict, path: str) -> N
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3.2))
-    axis.plot([s["stage"] + 1 for s in stages], [s["eval_accuracy"] for s in stages], "o-", label="sampled (held-out)")
+    # The reward is 1 for a right answer and 0 otherwise, so the held-out reward is the sampled accuracy.
+    stages_trained = [0] + [s["stage"] + 1 for s in stages]
+    sampled = [before["sampled_accuracy"]] + [s["eval_reward"] for s in stages]
+    axis.plot(stages_trained, sampled, "o-", label="sampled")
     axis.plot([0, len(stages)], [before["greedy_accuracy"], after["greedy_accuracy"]], "s--", label="greedy")
-    axis.set(xlabel="stages trained", ylabel="held-out accuracy", ylim=(0, 1))
+    axis.set(xlabel="stages trained", ylabel="held-out accuracy", ylim=(0, 1), xticks=range(len(stages) + 1))
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -117,7 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = resolve_model_name(script_args.model_name_or_path, script_args.cache_dir)
     data = arithmetic_dataset(script_args.level, num_train=script_args.num_train_prompts, seed=args.seed)
     trainer = RAFTTrainer(
-        model, exact_answer_reward, args=args, train_dataset=data["train"], eval_dataset=data["test"]
+        model,
+        exact_answer_reward,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"].select(range(script_args.num_stage_eval_prompts)),
     )
     before = held_out_accuracy(trainer, data["test"], script_args)
     print("held-out before: " + ", ".join(f"{name} {value:.3f}" for name, value in before.items()), flush=True)
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         {**record, **evaluation}
         for record, evaluation in zip(
             [r for r in trainer.state.log_history if "stage" in r],
-            [r for r in trainer.state.log_history if "eval_accuracy" in r],
+            [r for r in trainer.state.log_history if "eval_reward" in r],
         )
     ]
     trainer.save_model()

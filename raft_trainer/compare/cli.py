@@ -15,6 +15,7 @@ import os
 from trl import TrlParser
 
 from ..files import write_text
+from ..reporting.console import quiet_dependencies
 from .report import comparison_markdown, seed_summary
 from .run import compare
 from .settings import CompareArguments
@@ -58,6 +59,8 @@ def run(argv: list[str] | None = None) -> dict:
     """Parse `argv` (default: the command line) and run the comparison, or the summary of finished ones with
     `--summarize`; returns the results (`{"summary": text}` for a summary)."""
     args = parse_args(argv)
+    if not args.verbose:
+        quiet_dependencies()
     if args.summarize:
         text = summarize(args.summarize, args.output_dir)
         print(text)

@@ -46,12 +46,20 @@ def comparison_markdown(results: dict) -> str:
         f"prompts. Held-out test: {budget['test_prompts']} other prompts, one sampled completion each. Peak memory: "
         f"{budget['memory']} ({budget['device']}).",
         "",
-        table([("SFT (start)", results["start"]), *results["methods"].items()]),
+        table([("SFT (start)", results["start"]), *finished_methods(results).items()]),
     ]
-    ratios = target_ratios(results["methods"])
+    ratios = target_ratios(finished_methods(results))
     if ratios:
         lines += ["", *[f"- {line}" for line in ratios]]
+    failed = {name: row["failed"] for name, row in results["methods"].items() if "failed" in row}
+    if failed:
+        lines += ["", *[f"- **{name} failed** at every learning rate: {error}" for name, error in failed.items()]]
     return "\n".join(lines) + "\n"
+
+
+def finished_methods(results: dict) -> dict:
+    """The methods that trained at one learning rate at least (a failed one is listed apart, with its error)."""
+    return {name: row for name, row in results["methods"].items() if "failed" not in row}
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -92,7 +100,7 @@ def plot_curves(results: dict, output_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = results["methods"]
+    methods = finished_methods(results)
     for filename, x_key, x_label in (
         ("reward_vs_samples.png", "completions", "completions generated"),
         ("reward_vs_time.png", "seconds", "training time (s, evaluations excluded)"),

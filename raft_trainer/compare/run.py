@@ -37,10 +37,15 @@ def compare(args: CompareArguments | None = None, **overrides) -> dict:
         )
         output_dir = os.path.join(args.output_dir, "runs", label, f"lr{learning_rate:g}")
         run = Run(label, method, learning_rate, settings, task, output_dir)
-        rows_by_label.setdefault(label, []).append(run_in_own_process(train_and_measure, run))
+        try:
+            row = run_in_own_process(train_and_measure, run)
+        except Exception as error:  # a baseline that fails does not sink the comparison: it is reported as failed
+            row = {"learning_rate": learning_rate, "failed": f"{type(error).__name__}: {error}"}
+            say(f"  {label} failed: {row['failed']}", flush=True)
+        rows_by_label.setdefault(label, []).append(row)
 
     methods = {label: best_learning_rate(rows) for label, rows in rows_by_label.items()}
-    device = next(iter(methods.values()))["device"]
+    device = next((row["device"] for row in methods.values() if "failed" not in row), "cpu")
     results = {
         "methods": methods,
         "start": start,
@@ -68,13 +73,18 @@ def validation_reward(row: dict) -> float:
 
 
 def best_learning_rate(rows: list[dict]) -> dict:
-    best = max(rows, key=validation_reward)
+    """The row of the learning rate with the best validation reward, among the runs that did not fail (all failed:
+    the first failure), with `learning_rate_search` listing every run."""
     search = [
-        {
+        {"learning_rate": row["learning_rate"], "failed": row["failed"]}
+        if "failed" in row
+        else {
             "learning_rate": row["learning_rate"],
             "validation_reward": row["curve"][-1]["reward"],
             **{name: row[name] for name in ("final_reward", "true_score", "perplexity", "wall_seconds")},
         }
         for row in rows
     ]
+    finished = [row for row in rows if "failed" not in row]
+    best = max(finished, key=validation_reward) if finished else rows[0]
     return {**best, "learning_rate_search": search}

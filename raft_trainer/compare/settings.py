@@ -102,6 +102,9 @@ class CompareArguments:
         metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
     )
     quiet: bool = field(default=False, metadata={"help": "Print only the results table."})
+    verbose: bool = field(
+        default=False, metadata={"help": "Show the libraries' own progress bars, load reports and warnings."}
+    )
     summarize: list[str] | None = field(
         default=None,
         metadata={

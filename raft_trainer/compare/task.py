@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from ..models import resolve_model_name
 from ..tasks.prompt_datasets import load_prompts
 from ..tasks.toy.pipeline import prepare_models
 from ..tasks.toy.world import make_world, true_score
@@ -37,6 +38,7 @@ def load_task(args: CompareArguments) -> ComparisonTask:
         policy, reward_model, ground_truth = models.policy_path, models.reward_model_path, true_score
         train, held_out, chosen = world.train_prompts, world.eval_prompts, world.eval_chosen
     else:
+        args.model_name_or_path = resolve_model_name(args.model_name_or_path)  # the packaged SmolLM2 by name
         check_shared_tokenizer(args)
         policy, reward_model, ground_truth = args.model_name_or_path, args.reward_model_name_or_path, None
         train, held_out, chosen = load_prompts(args)

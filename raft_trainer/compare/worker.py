@@ -16,6 +16,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..evaluation import evaluate_model, reward_function_scorer
 from ..files import write_json
+from ..reporting.console import quiet_dependencies
 from ..rewards import RewardModel
 from ..sequences import load_tokenizer, sampling_config
 from .methods import TRAINERS, Run
@@ -35,6 +36,8 @@ def train_and_measure(run: Run) -> dict:
     `run.output_dir/row.json`)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     settings, task = run.settings, run.task
+    if not settings.verbose:
+        quiet_dependencies()
     if settings.quiet:
         transformers_logging.disable_progress_bar()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,6 +82,8 @@ def train_and_measure(run: Run) -> dict:
 
 def evaluate_start(task: ComparisonTask, settings: CompareArguments) -> dict:
     """The SFT start on the test prompts (the paper's Table 3 first row), in a process of its own."""
+    if not settings.verbose:
+        quiet_dependencies()
     set_seed(settings.seed)
     tokenizer = load_tokenizer(task.policy)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -29,6 +29,17 @@ DEFAULT_PROMPTS = [
     "a castle made of ice under the northern lights",
     "two dogs wearing sunglasses on a beach",
 ]
+# `--tiny` for the one-family examples: their defaults are sized for real models (K=8, 100 iterations, accumulation),
+# which the tiny models need none of to show every step work.
+TINY_LORA_EXAMPLE_DEFAULTS = dict(
+    prompts_per_stage=4,
+    num_generations=2,
+    iterations_per_stage=4,
+    num_inference_steps=4,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=1,
+    eval_images_per_prompt=1,
+)
 REWARDS = ("aesthetic", "clip_score", "jpeg_compressibility", "jpeg_incompressibility")
 
 # `--tiny`: the tiny random pipeline makes 32x32 images; a short run is enough to see every step work.
@@ -71,7 +82,7 @@ class PipelineLoRAArguments(ImageScriptArguments):
     )
     reward: str = field(
         default="aesthetic",
-        metadata={"help": "The reward RAFT ranks by (and the evaluation reports).", "choices": list(REWARDS)},
+        metadata={"help": f"The reward RAFT ranks by and the evaluation reports: {', '.join(REWARDS)}."},
     )
 
     def __post_init__(self):
@@ -130,6 +141,7 @@ def run_pipeline_lora_example(
 ) -> dict:
     """The body of the one-family examples: parse, read the prompts, RAFT with `--reward`, evaluate it before and
     after on the same prompts, save the LoRA; returns the summary."""
+    tiny_defaults = {**TINY_LORA_EXAMPLE_DEFAULTS, **(tiny_defaults or {})}
     script_args, args = parse_args(PipelineLoRAArguments, paper_defaults, argv, tiny_defaults)
     prompts = read_prompts(script_args.prompts)
     reward = load_reward(script_args)

@@ -69,27 +69,8 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         cross_attention_dim=8,
         norm_num_groups=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=8,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            vocab_size=1000,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=1,
-        )
-    )
+    vae = tiny_vae()
+    text_encoder = CLIPTextModel(tiny_clip_text_config())
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -109,6 +90,20 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         image_encoder=None,
         requires_safety_checker=False,
     )
+
+
+def tiny_vae(**overrides) -> AutoencoderKL:
+    """A tiny VAE (4 and 8 channels, 4 latent channels: 32x32 images to 16x16 latents); `overrides` change fields."""
+    fields = dict(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+    return AutoencoderKL(**{**fields, **overrides})
 
 
 def tiny_clip_text_config(**overrides) -> CLIPTextConfig:
@@ -146,14 +141,8 @@ def tiny_t5_encoder(d_model: int = 16) -> T5EncoderModel:
 
 def tiny_flow_vae(latent_channels: int = 4) -> AutoencoderKL:
     """A tiny VAE with SD3 / FLUX's latent normalisation (a shift as well as a scale) and no quant convolutions."""
-    return AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
+    return tiny_vae(
         latent_channels=latent_channels,
-        norm_num_groups=2,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.0609,
@@ -182,15 +171,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         cross_attention_dim=2 * text_config.hidden_size,  # both encoders' states, concatenated
         norm_num_groups=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-    )
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )

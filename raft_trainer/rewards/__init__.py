@@ -6,6 +6,7 @@ and every other dataset column, one list entry per candidate, and returns one fl
 no reward for that candidate).
 """
 
+import os
 from collections.abc import Callable
 
 from transformers import PreTrainedModel
@@ -39,6 +40,9 @@ def as_reward_functions(
     functions = []
     for item, tokenizer in zip(items, processing_classes):
         if isinstance(item, str):
+            looks_like_a_path = os.path.isabs(item) or item.startswith((".", "~")) or item.count("/") > 1
+            if looks_like_a_path and not os.path.exists(os.path.expanduser(item)):
+                raise ValueError(f"reward model {item!r} does not exist: give an existing folder or a Hub id.")
             functions.append(RewardModel.from_pretrained(item, batch_size=batch_size, show_progress=show_progress))
         elif isinstance(item, PreTrainedModel):
             functions.append(RewardModel(item, tokenizer, batch_size=batch_size, show_progress=show_progress))
@@ -57,15 +61,16 @@ def reward_function_name(function: RewardFunction) -> str:
 
 
 # The image rewards live with the diffusion side (the `diffusion` extra): imported on first use.
-__getattr__ = lazy_attributes(
-    __name__, {name: "..diffusion.rewards" for name in ("AestheticHead", "AestheticScorer", "CLIPScore")}
-)
+IMAGE_REWARDS = ("AestheticHead", "AestheticScorer", "CLIPScore", "JPEGCompressibility", "JPEGIncompressibility")
+__getattr__ = lazy_attributes(__name__, {name: "..diffusion.rewards" for name in IMAGE_REWARDS})
 
 
 __all__ = [
     "AestheticHead",
     "AestheticScorer",
     "CLIPScore",
+    "JPEGCompressibility",
+    "JPEGIncompressibility",
     "RewardFunction",
     "RewardModel",
     "as_reward_functions",

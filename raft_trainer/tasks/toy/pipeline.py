@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
+from ...reporting.console import quiet_callbacks
 from .tiny import tiny_causal_lm, word_tokenizer
 from .world import ToyWorld
 
@@ -81,6 +82,7 @@ def prepare_models(world: ToyWorld, cache_dir: str, seed: int = 0, show_progress
 
 
 def train_phase(trainer) -> None:
+    quiet_callbacks(trainer)  # TRL's trainers would print their raw log dicts among the run's own output
     trainer.train()
     trainer.save_model()
 
