@@ -422,6 +422,10 @@ class RAFTTrainer(StageTrainer):
             kl = losses.token_mean(losses.low_var_kl(log_probs, extras["ref_log_probs"][:, 1:]), mask)
             loss = loss + args.kl_loss_coef * kl
             self._loss_metrics["kl_loss"].append(kl.item())
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # The Trainer leaves the division by the accumulation steps to a model's own loss when the model takes
+            # num_items_in_batch; this token mean is per micro-batch, so it is divided here.
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -148,7 +148,9 @@ class StageTrainer(Trainer):
                 duplicate_keys=self.duplicate_keys(candidates),
             )
         if not kept.any():
-            threshold = f" or fell below reward_threshold={args.reward_threshold}" if args.reward_threshold else ""
+            threshold = (
+                f" or fell below reward_threshold={args.reward_threshold}" if args.reward_threshold is not None else ""
+            )
             raise RuntimeError(
                 f"stage {stage} kept no candidate: every candidate was filtered out, got no reward (None/NaN) from "
                 f"{self.reward_names}{threshold}. Raise num_generations or lower reward_threshold."
