@@ -163,3 +163,18 @@ def test_reinforce_rej_with_a_threshold_trains_accepted_samples_up_and_rejected_
     kept = [row["reward"] for row in read_stage(args, 0) if row["selected"]]
     assert kept and set(kept) == {0.0, 1.0}  # mixed groups only, right and wrong answers both kept
     assert set(advantages) == {-1.0, 1.0}
+
+
+def test_with_gradient_accumulation_each_micro_batch_loss_is_divided_by_the_steps(
+    make_model, tokenizer, prompts, make_args
+):
+    # The Trainer divides by the accumulation steps only a loss it computes itself: a per-micro-batch token mean
+    # must be divided here, or accumulating 2 micro-batches would double the step.
+    args = family_args(make_args, "raft++", gradient_accumulation_steps=2)
+    args.per_device_train_batch_size = 2  # 2 micro-batches of 2 make each step's batch of 4
+    trainer = RAFTTrainer(
+        make_model(**NO_DROPOUT), apple_or_not, args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    steps = spy_on_losses(trainer)
+    trainer.train()
+    assert steps and all(step["loss"] == pytest.approx(step["expected"] / 2, abs=1e-5) for step in steps)
