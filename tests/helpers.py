@@ -3,6 +3,7 @@
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -114,3 +115,9 @@ def crashing_at_second_call(reward):
 
     crashing.__name__ = reward.__name__
     return crashing
+
+
+def stage_rows(output_dir: str, stage: int = 0) -> list[dict]:
+    """The rows of stage `stage`'s file in `output_dir`, as dicts."""
+    with open(stage_file_path(output_dir, stage)) as file:
+        return [json.loads(line) for line in file]

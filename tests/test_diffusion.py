@@ -1,6 +1,5 @@
 """DiffusionRAFTTrainer on a tiny Stable Diffusion pipeline built from configs (32x32 images, milliseconds a step)."""
 
-import json
 import os
 import sys
 import types
@@ -17,7 +16,7 @@ from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
 from raft_trainer.stages.stage_files import stage_file_path
 
-from .helpers import PlantedCrash, config_maker, crashing_at_second_call
+from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 
@@ -50,11 +49,6 @@ def make_args(tmp_path):
     )
 
 
-def read_stage(output_dir: str, stage: int = 0) -> list[dict]:
-    with open(stage_file_path(output_dir, stage)) as file:
-        return [json.loads(line) for line in file]
-
-
 def images_of(pipeline, seed: int = 0) -> np.ndarray:
     output = pipeline(
         PROMPTS[:2], height=32, width=32, num_inference_steps=3, generator=torch.Generator().manual_seed(seed)
@@ -67,7 +61,7 @@ def test_keeps_the_best_image_of_each_prompt_and_saves_it(prompts, make_args):
     trainer = DiffusionRAFTTrainer(tiny_sd_pipeline(), brightness, args=args, train_dataset=prompts)
     trainer.train()
 
-    rows = read_stage(args.output_dir)
+    rows = stage_rows(args.output_dir)
     assert list(rows[0]) == ["stage", "group", "prompt_index", "prompt", "reward", "selected", "image"]
     assert len(rows) == len(PROMPTS) * 3
     stages_dir = os.path.join(args.output_dir, "stages")
@@ -90,7 +84,7 @@ def test_keeps_the_best_image_of_each_prompt_and_saves_it(prompts, make_args):
 def test_global_ranking_keeps_the_top_of_the_pool(prompts, make_args):
     args = make_args(ranking="global", prompts_per_stage=2, num_generations=2, save_candidate_images=True)
     DiffusionRAFTTrainer(tiny_sd_pipeline(), brightness, args=args, train_dataset=prompts).train()
-    rows = read_stage(args.output_dir)
+    rows = stage_rows(args.output_dir)
     assert len(rows) == 4 and all(row["image"] is not None for row in rows)  # every candidate saved
     top_two = sorted(rows, key=lambda row: row["reward"], reverse=True)[:2]
     assert [row for row in rows if row["selected"]] == [row for row in rows if row in top_two]
@@ -131,7 +125,7 @@ def test_weighted_list_of_image_rewards(prompts, make_args):
     aesthetic, clip_score = tiny_aesthetic_scorer(), tiny_clip_score()
     args = make_args(reward_weights=[1.0, 0.5], save_candidate_images=True)
     DiffusionRAFTTrainer(tiny_sd_pipeline(), [aesthetic, clip_score], args=args, train_dataset=prompts).train()
-    rows = read_stage(args.output_dir)
+    rows = stage_rows(args.output_dir)
     images = [Image.open(os.path.join(args.output_dir, "stages", row["image"])) for row in rows]
     prompts_of_rows = [row["prompt"] for row in rows]
     expected_aesthetic = aesthetic(images=images, prompts=prompts_of_rows)
@@ -202,7 +196,7 @@ def test_resumed_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
 
     assert open(stage_file_path(output_dir, 0), "rb").read() == stage_0
     for stage in range(2):
-        assert read_stage(output_dir, stage) == read_stage(reference.args.output_dir, stage)
+        assert stage_rows(output_dir, stage) == stage_rows(reference.args.output_dir, stage)
     for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(actual, expected, msg=name)
 
@@ -239,7 +233,7 @@ def test_log_completions_logs_the_kept_images_to_the_tracker(prompts, make_args,
     trainer.args.report_to = ["wandb"]  # set after construction, so the Trainer starts no real wandb run
     trainer.train()
     (table,) = [entry["stage_samples"] for entry in logged]
-    kept = [row for row in read_stage(args.output_dir) if row["selected"]]
+    kept = [row for row in stage_rows(args.output_dir) if row["selected"]]
     assert list(table["prompt"]) == [row["prompt"] for row in kept]
     assert brightness(list(table["image"])) == list(table["reward"]) == [row["reward"] for row in kept]
 

@@ -1,7 +1,6 @@
 """DiffusionRAFTTrainer on tiny SDXL, SD3 and FLUX.1 pipelines built from configs (16x16 images, milliseconds a step);
 SD 1.x is tests/test_diffusion.py."""
 
-import json
 import math
 import os
 
@@ -16,9 +15,8 @@ from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.rewards import JPEGCompressibility
 from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
-from raft_trainer.stages.stage_files import stage_file_path
 
-from .helpers import PlantedCrash, config_maker, crashing_at_second_call
+from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest"]
 SEQUENCE = 8  # T5 tokens of the SD3 / FLUX prompts: short, for speed
@@ -60,11 +58,6 @@ def make_args(tmp_path):
     )
 
 
-def read_stage(output_dir: str, stage: int = 0) -> list[dict]:
-    with open(stage_file_path(output_dir, stage)) as file:
-        return [json.loads(line) for line in file]
-
-
 def images_of(pipeline, call_kwargs: dict) -> np.ndarray:
     pipeline.set_progress_bar_config(disable=True)
     output = pipeline(
@@ -87,7 +80,7 @@ def test_raft_keeps_the_best_image_and_saves_a_lora_the_family_pipeline_loads(fa
     trainer = DiffusionRAFTTrainer(build(), reward, args=args, train_dataset=prompts)
     trainer.train()
 
-    rows = read_stage(args.output_dir)
+    rows = stage_rows(args.output_dir)
     assert len(rows) == len(PROMPTS) * 2
     for start in range(0, len(rows), 2):
         candidates = rows[start : start + 2]
@@ -243,7 +236,7 @@ def test_resumed_sd3_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
     resumed.train(resume_from_checkpoint=True)
 
     for stage in range(2):
-        assert read_stage(resumed.args.output_dir, stage) == read_stage(reference.args.output_dir, stage)
+        assert stage_rows(resumed.args.output_dir, stage) == stage_rows(reference.args.output_dir, stage)
     for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(actual, expected, msg=name)
 
