@@ -4,6 +4,7 @@
     raft-train --model_name_or_path ... --reward_model_name_or_path ... --dataset_name ...
     raft-train --config run.yaml --num_stages 8  # YAML values, flags override them
     raft-train --phase generate --stage 0 ...    # one phase of one stage, one model loaded (see phases.py)
+    raft-train ... --resume                      # go on with the run in --output_dir after a crash or a SIGTERM
 
 Every `RAFTConfig` field is a flag (`raft-train --help` lists them).
 """
@@ -82,6 +83,13 @@ class ScriptArguments:
         default=os.path.join("~", ".cache", "raft-trainer"),
         metadata={"help": "Where the miniature world caches its SFT policy and reward model."},
     )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Go on with the run in --output_dir: from its newest complete checkpoint (or the start, if none) "
+            "and the stage in flight's generated candidates and rewards. Give the same settings as the first run."
+        },
+    )
     verbose: bool = field(
         default=False, metadata={"help": "Show the libraries' own progress bars, load reports and warnings."}
     )
@@ -154,7 +162,8 @@ def run(argv: list[str] | None = None) -> dict:
         candidate_dataset=candidate_dataset,
         eval_dataset=eval_prompts,
     )
-    summary = train_and_report(trainer, eval_prompts, eval_chosen, ground_truth)
+    resume = args.resume_from_checkpoint or script_args.resume
+    summary = train_and_report(trainer, eval_prompts, eval_chosen, ground_truth, resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         print_evaluation(summary["eval"])
         print(f"Wrote {args.output_dir}/summary.json, reward_curve.png, the model and stages/.")

@@ -5,14 +5,18 @@
 `StageTrainer` is a `transformers.Trainer` whose every epoch is one stage: at the start of epoch t its train
 dataloader runs `run_stage(t)` (the first four arrows) and then serves the kept set, so the Trainer does the
 fine-tuning with its own optimizer, learning-rate schedule (over the whole run), accumulation, precision, logging
-and checkpoints. A checkpoint taken inside a stage also holds that stage's kept set, so a resumed run finishes the
-stage on the same samples instead of generating it again. A subclass says how to generate candidates and how to turn
+and checkpoints. Nothing finished is lost when a run dies: a stage's candidates are on disk as soon as they are
+generated and its rewards as soon as they are scored (`stages/in_flight.py`), a checkpoint taken inside a stage also
+holds that stage's kept set, and SIGTERM/SIGINT stop at the next safe point with a checkpoint (`interruption.py`).
+A resumed run goes on from there, with the same samples. A subclass says how to generate candidates and how to turn
 the kept ones into training examples.
 """
 
 import itertools
 import math
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -21,9 +25,11 @@ from accelerate.utils.memory import clear_device_cache
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import is_complete, last_complete_checkpoint
 from .files import atomic_path
+from .interruption import StopAtPhaseEnd, StopOnSignalCallback, StopRequest, TrainingInterrupted
 from .memory import PhaseMemory, eval_mode, move_models
 from .reporting.console import quiet_callbacks
 from .reporting.model_card import write_model_card
@@ -33,6 +39,15 @@ from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 from .stages import Candidates, selection
 from .stages.batches import StageBatches
+from .stages.in_flight import (
+    discard_parts,
+    in_flight_dir,
+    in_flight_path,
+    load_part,
+    run_identity,
+    save_part,
+    set_random_state,
+)
 from .stages.metrics import acceptance_metrics
 from .stages.prompts import contiguous_share, stage_prompt_indices
 from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
@@ -75,11 +90,14 @@ class StageTrainer(Trainer):
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`
         self._stage_in_flight: dict | None = None  # the running stage's kept set, saved with mid-stage checkpoints
         self._stage_to_resume: dict | None = None  # the same, read back from the checkpoint a run resumes from
+        self._resuming = False  # whether `train` resumes, and so may use the stage files of the run in flight
+        self._stop = StopRequest()
         if self.base_model_name is None:
             self.base_model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
         callbacks = list(callbacks or [])
         if not any(isinstance(callback, StageTableCallback) for callback in callbacks):
             callbacks.insert(0, StageTableCallback())
+        callbacks.append(StopOnSignalCallback(self))
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
         quiet_callbacks(self)  # each stage is printed once, by the stage table
         if args.prompts_drawn_per_stage < self.accelerator.num_processes:
@@ -110,22 +128,25 @@ class StageTrainer(Trainer):
         rows = self.train_dataset.select(prompt_indices).to_dict()  # read once: the prompts and the other columns
         prompts = rows.pop("prompt")
         memory = {}
-        with self.phase_memory.phase("generate", memory):
-            candidates = self.generate(prompt_indices, prompts)
-        clear_device_cache()  # generation's caches are not needed any more
-        prompt_of = candidates.pop("prompt_position")
-        # A group is one draw of a prompt: the place in the stage's draw, unique across processes even when the
-        # stage draws a prompt twice. Candidates ranked together (local ranking) share it.
-        candidates["group"] = [positions[i] for i in prompt_of]
-        candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
-        candidates["prompt"] = [prompts[i] for i in prompt_of]
-
-        columns = {name: [values[i] for i in prompt_of] for name, values in rows.items()}
-        kept_by_filter = self.apply_sample_filter(candidates, columns)
-        with self.phase_memory.phase("score", memory):
-            rewards, rewards_per_func = self.score(candidates, columns)
-            rewards[~kept_by_filter] = torch.nan
-            scores = self.ranking_scores(candidates, rewards)
+        # Each phase's result goes to disk as it ends; a resumed run takes the finished ones back (stages/in_flight.py)
+        identity = self.stage_identity(stage)
+        scored = self.resumed_part(stage, "scored", identity)
+        if scored is None:
+            generated = self.resumed_part(stage, "generated", identity)
+            if generated is None:
+                with self.phase_memory.phase("generate", memory):
+                    generated = self.generated_candidates(prompt_indices, prompts, positions)
+                self.save_part(stage, "generated", identity, generated)
+            self.stop_at_phase_end()  # a signal received while generating takes effect here
+            columns = {name: [values[i] for i in generated["prompt_of"]] for name, values in rows.items()}
+            with self.phase_memory.phase("score", memory):
+                scored = self.scored_candidates(generated["candidates"], columns)
+            self.save_part(stage, "scored", identity, scored)
+            self.remove_part(stage, "generated")
+        self.stop_at_phase_end()
+        candidates, rewards, rewards_per_func, kept_by_filter, scores = (
+            scored[name] for name in ("candidates", "rewards", "rewards_per_func", "kept_by_filter", "scores")
+        )
 
         candidates = {name: gather_object(values) for name, values in candidates.items()}
         rewards, rewards_per_func, kept_by_filter, scores = (
@@ -181,6 +202,34 @@ class StageTrainer(Trainer):
         self.phase_memory.start()  # the training phase's peak joins the stage's log record
         return examples
 
+    def generated_candidates(self, prompt_indices: list[int], prompts: list, positions: list[int]) -> dict:
+        """This process's candidates of its prompts (`positions`: their places in the stage's draw), with the
+        position in `prompts` of each one's prompt (`prompt_of`)."""
+        candidates = self.generate(prompt_indices, prompts)
+        clear_device_cache()  # generation's caches are not needed any more
+        prompt_of = candidates.pop("prompt_position")
+        # A group is one draw of a prompt: the place in the stage's draw, unique across processes even when the
+        # stage draws a prompt twice. Candidates ranked together (local ranking) share it.
+        candidates["group"] = [positions[i] for i in prompt_of]
+        candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
+        candidates["prompt"] = [prompts[i] for i in prompt_of]
+        return {"candidates": candidates, "prompt_of": prompt_of}
+
+    def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
+        """The candidates after the sample filter, their rewards (NaN where filtered out), per-function rewards,
+        the filter's mask and the ranking scores."""
+        kept_by_filter = self.apply_sample_filter(candidates, columns)
+        rewards, rewards_per_func = self.score(candidates, columns)
+        rewards[~kept_by_filter] = torch.nan
+        scores = self.ranking_scores(candidates, rewards)
+        return dict(
+            candidates=candidates,
+            rewards=rewards,
+            rewards_per_func=rewards_per_func,
+            kept_by_filter=kept_by_filter,
+            scores=scores,
+        )
+
     def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
         """The mask of candidates selection may keep: rewarded (and not filtered out), at least `reward_threshold`
         when one is set, and not truncated when `mask_truncated_completions` is on."""
@@ -206,6 +255,90 @@ class StageTrainer(Trainer):
             return None
         keys: dict = {}
         return torch.tensor([keys.setdefault(value, len(keys)) for value in candidates[self.distinct_column]])
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Nothing lost: the stage in flight on disk, stopping on a signal
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def stage_identity(self, stage: int) -> dict:
+        """What this run's in-flight files of `stage` must match (see `run_identity`)."""
+        prompts = getattr(self.train_dataset, "_fingerprint", "")
+        return run_identity(
+            self.args.to_dict(), stage, self.state.global_step, prompts, self.accelerator.num_processes
+        )
+
+    def save_part(self, stage: int, part: str, identity: dict, values: dict) -> None:
+        """Write this process's `part` ("generated" or "scored") of the stage in flight."""
+        values = {**values, "candidates": self.candidates_to_file(values["candidates"])}
+        save_part(in_flight_path(self.args.output_dir, stage, part, self.args.process_index), identity, values)
+
+    def remove_part(self, stage: int, part: str) -> None:
+        path = in_flight_path(self.args.output_dir, stage, part, self.args.process_index)
+        if os.path.exists(path):
+            os.remove(path)
+
+    def resumed_part(self, stage: int, part: str, identity: dict) -> dict | None:
+        """The `part` of `stage` a resumed run finds on disk, when every process finds its own and they belong to
+        this run; the random state is then put back to where it was after that phase. None otherwise."""
+        path = in_flight_path(self.args.output_dir, stage, part, self.args.process_index)
+        saved = load_part(path, identity) if self._resuming else None
+        if not self.all_processes_agree(saved is not None):
+            return None
+        set_random_state(saved["random_state"])
+        return {**saved["values"], "candidates": self.candidates_from_file(saved["values"]["candidates"])}
+
+    def candidates_to_file(self, candidates: Candidates) -> dict:
+        """The candidates in types `torch.load(weights_only=True)` reads back; they are already, unless a subclass
+        holds other objects (images, say)."""
+        return candidates
+
+    def candidates_from_file(self, saved: dict) -> Candidates:
+        """The inverse of `candidates_to_file`."""
+        return saved
+
+    def all_processes_agree(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (so that they all take the same path through the stage)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor(int(flag), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes)
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGTERM or SIGINT) that asked this run to stop, if one did."""
+        return self._stop.signum
+
+    def stop_requested(self) -> bool:
+        """Whether a process received SIGTERM or SIGINT; the processes agree, so they stop at the same point."""
+        signum = self._stop.signum or 0
+        if self.accelerator.num_processes > 1:
+            value = torch.tensor(signum, device=self.accelerator.device)
+            signum = int(self.accelerator.reduce(value, reduction="max").item())
+        if signum:
+            self._stop.signum = signum
+        return bool(signum)
+
+    def stop_at_phase_end(self) -> None:
+        """After a stage's generation or scoring (whose results are on disk): stop if a signal asked to, with a
+        checkpoint of the steps trained so far, unless there is one already."""
+        if not self.stop_requested():
+            return
+        checkpoint = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.state.global_step > 0 and not is_complete(checkpoint):
+            self._save_checkpoint(self.model_wrapped, trial=None)
+        raise StopAtPhaseEnd
+
+    def interrupted_message(self) -> str:
+        signal_name = signal.Signals(self._stop.signum).name
+        step, stage = self.state.global_step, self.current_stage()
+        checkpoint = last_complete_checkpoint(self.args.output_dir)
+        saved = [f"the last checkpoint is {checkpoint}" if checkpoint else "no optimizer step to checkpoint yet"]
+        if os.path.isdir(in_flight_dir(self.args.output_dir)) and os.listdir(in_flight_dir(self.args.output_dir)):
+            saved.append(f"stage {stage}'s finished phases are in {in_flight_dir(self.args.output_dir)}")
+        return (
+            f"raft-trainer: stopped by {signal_name} at step {step} (stage {stage} of {self.args.num_stages}); "
+            f"{'; '.join(saved)}. Resume with trainer.train(resume_from_checkpoint=True), or raft-train ... --resume."
+        )
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The held-out reward: one candidate per prompt of `eval_dataset` (default: the trainer's; a dict of
@@ -376,23 +509,51 @@ class StageTrainer(Trainer):
         return DataLoader(StageBatches(self), batch_size=None)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`transformers.Trainer.train`; when resuming inside a stage, that stage's kept set comes from the
-        checkpoint, so the stage is neither generated again nor skipped."""
+        """`transformers.Trainer.train`, with nothing lost when a run dies (see the module docstring).
+
+        `resume_from_checkpoint=True` resumes from the newest complete checkpoint in `output_dir` (one a crash cut
+        short is passed over), or from the start when there is none yet; in both cases the stage in flight goes on
+        from its files on disk. SIGTERM or SIGINT during training stop at the next safe point with a checkpoint and
+        raise `TrainingInterrupted` (a `SystemExit` with status 128 + the signal's number).
+        """
+        self._resuming = bool(resume_from_checkpoint)
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # True: the Trainer complains
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str) and not is_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint (no readable "
+                "trainer_state.json): pass an earlier one, or True for the newest complete one."
+            )
+        if not self._resuming:  # a fresh run: another run's in-flight files must not be mistaken for its own
+            discard_parts(self.args.output_dir, self.args.process_index)
         if isinstance(resume_from_checkpoint, str):
             path = os.path.join(resume_from_checkpoint, self._stage_checkpoint_name())
             if os.path.isfile(path):
                 self._stage_to_resume = torch.load(path, weights_only=True)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self._stop = StopRequest()
+        try:
+            with self._stop.listening():
+                output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except StopAtPhaseEnd:
+            output = None
+        if self._stop.signum is not None:
+            message = self.interrupted_message()
+            if self.is_world_process_zero():
+                print(message, file=sys.stderr, flush=True)
+            raise TrainingInterrupted(self._stop.signum, message)
+        discard_parts(self.args.output_dir, self.args.process_index)  # the run is over: nothing is in flight
+        return output
 
     def _save_checkpoint(self, model, trial) -> None:
+        # Inside a stage the checkpoint holds its kept set, written before the Trainer's files so that the
+        # Trainer's state, written last, marks a complete checkpoint (see checkpoints.py).
+        if self.state.global_step % self.optimizer_steps_per_stage() != 0:
+            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with atomic_path(os.path.join(checkpoint, self._stage_checkpoint_name())) as partial:
+                torch.save(self._stage_in_flight, partial)
         super()._save_checkpoint(model, trial)
-        if self.state.global_step % self.optimizer_steps_per_stage() == 0:
-            return  # at a stage boundary the next stage starts afresh
-        checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        with atomic_path(os.path.join(checkpoint, self._stage_checkpoint_name())) as partial:
-            torch.save(self._stage_in_flight, partial)
+        # The stages before this one are in the checkpoint now: their in-flight files are not needed any more.
+        discard_parts(self.args.output_dir, self.args.process_index, before_stage=self.current_stage())
 
     def _stage_checkpoint_name(self) -> str:
         return f"raft_stage_{self.args.process_index}.pt"  # every process keeps its own kept set

@@ -8,6 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from raft_trainer import cli
 
+from .helpers import PlantedCrash
+
 TABLE_3 = {"reward", "perplexity", "msttr_100", "distinct_1", "distinct_2", "unique_1", "unique_2", "length"}
 SMALL_RUN = [
     "--toy_num_pairs",
@@ -142,3 +144,43 @@ def test_the_language_model_path_starts_without_the_diffusion_stack():
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.split("\n")[:2] == ["False False", "True True DiffusionRAFTTrainer"]
+
+
+def test_raft_train_resume_goes_on_from_the_crashed_stage(tmp_path, local_files, monkeypatch):
+    from raft_trainer.raft_trainer import RAFTTrainer
+    from raft_trainer.stage_trainer import StageTrainer
+
+    policy, reward, data, prompts = local_files
+    (data / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts * 2))
+    (data / "test.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts[:2]))
+    output_dir = tmp_path / "run"
+    argv = ["--model_name_or_path", policy, "--reward_model_name_or_path", reward, "--dataset_name", str(data)]
+    argv += ["--output_dir", str(output_dir), "--num_stages", "2", "--prompts_per_stage", "4"]
+    argv += ["--num_generations", "2", "--max_completion_length", "6", "--per_device_train_batch_size", "2"]
+    argv += ["--disable_tqdm", "true", "--save_strategy", "epoch"]
+    generated, scored = [], []
+    generate, score = RAFTTrainer.generate, StageTrainer.score
+
+    def counting_generate(self, *args):
+        generated.append(self.current_stage())
+        return generate(self, *args)
+
+    def crashing_score(self, candidates, columns):
+        if "group" in candidates:  # a stage's candidates, not the held-out evaluation's
+            scored.append(self.current_stage())
+            if len(scored) == 2:
+                raise PlantedCrash("planted crash while scoring stage 1")
+        return score(self, candidates, columns)
+
+    monkeypatch.setattr(RAFTTrainer, "generate", counting_generate)
+    monkeypatch.setattr(StageTrainer, "score", crashing_score)
+    with pytest.raises(PlantedCrash):
+        cli.run(argv)
+    assert generated == [0, 1] and not (output_dir / "summary.json").exists()
+
+    summary = cli.run([*argv, "--resume"])
+    assert generated == [0, 1]  # stage 1's candidates came back from disk
+    assert scored == [0, 1, 1]
+    assert [stage["stage"] for stage in summary["stages"]] == [0, 1]
+    assert sorted(p.name for p in (output_dir / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
+    assert not (output_dir / "in_flight").exists()

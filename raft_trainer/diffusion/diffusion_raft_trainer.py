@@ -33,7 +33,7 @@ from .denoising import LORA_WEIGHT_NAME, collate_latent_examples, denoising_loss
 from .diffusion_raft_config import DiffusionRAFTConfig
 from .families import pipeline_family
 from .flow_matching import flow_matching_loss, flow_noisy_latents, sample_flow_timesteps
-from .images import save_image_grid
+from .images import from_png_bytes, png_bytes, save_image_grid
 
 
 class DiffusionRAFTTrainer(StageTrainer):
@@ -136,6 +136,12 @@ class DiffusionRAFTTrainer(StageTrainer):
 
     def reward_inputs(self, candidates: Candidates) -> dict:
         return {"images": candidates["image"]}
+
+    def candidates_to_file(self, candidates: Candidates) -> dict:
+        return {**candidates, "image": [png_bytes(image) for image in candidates["image"]]}
+
+    def candidates_from_file(self, saved: dict) -> Candidates:
+        return {**saved, "image": [from_png_bytes(data) for data in saved["image"]]}
 
     # ----------------------------------------------------------------------------------------------------------------
     # Stage files

@@ -1,5 +1,7 @@
-"""Image files of a diffusion stage: a grid of the kept images with their rewards as captions."""
+"""Image files of a diffusion stage: a grid of the kept images with their rewards as captions, and images as PNG
+bytes for the stage in flight."""
 
+import io
 import math
 
 from PIL import Image, ImageDraw
@@ -24,3 +26,16 @@ def save_image_grid(images: list[Image.Image], captions: list[str], path: str, c
         draw.text((left + 2, top + height + 1), caption, fill="black")
     with atomic_path(path) as partial:
         grid.save(partial, format="PNG")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """`image` as PNG bytes: lossless, and a type `torch.load(weights_only=True)` reads back."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def from_png_bytes(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

@@ -17,14 +17,16 @@ def train_and_report(
     eval_prompts: Dataset,
     eval_chosen: Dataset | None = None,
     true_score: Callable[[str, str], float] | None = None,
+    resume_from_checkpoint: str | bool | None = None,
 ) -> dict:
-    """Evaluate the policy on held-out prompts, run RAFT, evaluate again, save the model, and write in
+    """Evaluate the policy on held-out prompts, run RAFT (resumed as `Trainer.train` resumes with
+    `resume_from_checkpoint`), evaluate again, save the model, and write in
     `output_dir`: `summary.json` (per-stage metrics and the before/after evaluations, the columns of the paper's
     Table 3) and `reward_curve.png` (the paper's Figure 1, left). Returns the summary."""
     output_dir = trainer.args.output_dir
     start = time.time()
     before = evaluate_policy(trainer, eval_prompts, eval_chosen, true_score, seed=trainer.args.seed)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     after = evaluate_policy(trainer, eval_prompts, eval_chosen, true_score, seed=trainer.args.seed)
     trainer.save_model()
     summary = {

@@ -1,0 +1,87 @@
+"""Stopping on SIGTERM or SIGINT without losing work.
+
+Schedulers and spot instances send SIGTERM before they kill; Ctrl-C sends SIGINT. Either, during `train()`, asks the
+trainer to stop at the next safe point: the end of the optimizer step in progress (the Trainer then saves a
+checkpoint, with the stage's kept set when inside a stage), or the end of the generation or scoring phase in progress
+(its result is already on disk, see `stages/in_flight.py`). The process then exits with status 128 + the signal's
+number, as a shell reports a process ended by that signal, after printing how to resume. A second Ctrl-C stops at
+once.
+"""
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from transformers import TrainerCallback
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised by `train()` once an interrupted run has saved what it needs to resume; exits with 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.message = message
+
+
+class StopRequest:
+    """The signal this process received during `train()`, if any (`signum`), and the handlers that record it."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    @contextmanager
+    def listening(self) -> Iterator["StopRequest"]:
+        """Record SIGTERM and SIGINT for the block instead of dying of them (main thread only: Python delivers
+        signals there), then put the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        for signum in SIGNALS:
+            signal.signal(signum, self._record)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _record(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signum = signum
+        print(
+            f"raft-trainer: {signal.Signals(signum).name} received; stopping after the step or phase in progress, "
+            "with a checkpoint (Ctrl-C again stops at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """Turns a recorded signal into the Trainer's own save-and-stop at the end of the step in progress, and skips
+    the evaluation an epoch end would otherwise start on the way out."""
+
+    def __init__(self, trainer):  # a StageTrainer
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.stop_requested():
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.trainer.stop_signal is not None:
+            control.should_evaluate = False
+            control.should_save = False  # saved at the step's end already
+        return control
+
+
+class StopAtPhaseEnd(Exception):
+    """Raised inside a stage, after its generation or scoring, to leave the Trainer's loop on a signal; `train()`
+    turns it into `TrainingInterrupted`."""

@@ -1,0 +1,81 @@
+"""The pieces of resuming: the random state a stage file carries, which run a file belongs to, which checkpoint is
+complete."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from raft_trainer.checkpoints import last_complete_checkpoint
+from raft_trainer.stages.in_flight import (
+    identity_differences,
+    load_part,
+    random_state,
+    run_identity,
+    save_part,
+    set_random_state,
+)
+
+
+def draws() -> list:
+    return [random.random(), float(np.random.rand()), torch.rand(1).item()]
+
+
+def test_the_random_state_saved_after_a_phase_is_put_back():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    draws()
+    state = random_state()
+    expected = draws()
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    assert draws() != expected
+
+    set_random_state(state)
+    assert draws() == expected
+
+
+def test_a_file_is_used_by_its_own_run_only(tmp_path, caplog):
+    settings = {"temperature": 1.0, "seed": 0, "output_dir": "a", "logging_steps": 1}
+    identity = run_identity(settings, stage=2, start_step=8, prompts_fingerprint="f", num_processes=1)
+    path = str(tmp_path / "stage_002.scored.process_0.pt")
+    save_part(path, identity, {"rewards": torch.tensor([1.0, 0.0])})
+
+    # Where it reports or saves does not matter; what it samples does.
+    moved = run_identity({**settings, "output_dir": "b", "logging_steps": 5}, 2, 8, "f", 1)
+    torch.testing.assert_close(load_part(path, moved)["values"]["rewards"], torch.tensor([1.0, 0.0]))
+    other = run_identity({**settings, "temperature": 0.7}, 2, 8, "f", 1)
+    assert load_part(path, other) is None
+    assert "differs in temperature" in caplog.text
+    assert identity_differences(identity, run_identity(settings, 2, 12, "g", 2)) == [
+        "start_step",
+        "prompts",
+        "num_processes",
+    ]
+    assert load_part(str(tmp_path / "missing.pt"), identity) is None
+
+
+def test_resuming_passes_over_a_checkpoint_cut_short(tmp_path):
+    for step, state in [(2, {"global_step": 2}), (4, {"global_step": 4}), (6, None)]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(json.dumps(state))
+    (tmp_path / "checkpoint-8").mkdir()
+    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')  # killed while writing it
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def test_resuming_from_a_checkpoint_cut_short_is_refused(make_model, tokenizer, prompts, make_args, tmp_path):
+    from raft_trainer import RAFTTrainer
+
+    from .helpers import share_of_apple
+
+    (tmp_path / "checkpoint-3").mkdir()
+    trainer = RAFTTrainer(
+        make_model(), share_of_apple, args=make_args(), train_dataset=prompts, processing_class=tokenizer
+    )
+    with pytest.raises(ValueError, match="resume_from_checkpoint=.*checkpoint-3.* is not a complete checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
