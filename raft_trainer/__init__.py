@@ -1,5 +1,6 @@
 """RAFT (Reward rAnked FineTuning, Dong et al., TMLR 2023) on the Hugging Face stack."""
 
+from .interruption import TrainingInterrupted
 from .lazy import lazy_attributes
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
@@ -19,5 +20,6 @@ __all__ = [
     "RewardModel",
     "StageConfig",
     "StageTrainer",
+    "TrainingInterrupted",
 ]
 __version__ = "0.1.0"

@@ -8,8 +8,8 @@ number, as a shell reports a process ended by that signal, after printing how to
 once.
 """
 
+import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,23 +48,23 @@ class StopRequest:
             yield self
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
     def _record(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signum = signum
-        print(
+        message = (
             f"raft-trainer: {signal.Signals(signum).name} received; stopping after the step or phase in progress, "
-            "with a checkpoint (Ctrl-C again stops at once).",
-            file=sys.stderr,
-            flush=True,
+            "with a checkpoint (Ctrl-C again stops at once).\n"
         )
+        os.write(2, message.encode())  # not print: the handler may run while the console is being written to
 
 
 class StopOnSignalCallback(TrainerCallback):
-    """Turns a recorded signal into the Trainer's own save-and-stop at the end of the step in progress, and skips
-    the evaluation an epoch end would otherwise start on the way out."""
+    """Turns a signal into the Trainer's own save-and-stop: at the end of the step in progress, or at the epoch's end
+    when it came after the last step's check; no evaluation on the way out. Every process calls both hooks, so the
+    processes' agreement on the stop (`stop_requested`, one all-reduce) is reached at the same points."""
 
     def __init__(self, trainer):  # a StageTrainer
         self.trainer = trainer
@@ -76,9 +76,10 @@ class StopOnSignalCallback(TrainerCallback):
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.trainer.stop_signal is not None:
+        if self.trainer.stop_requested():
             control.should_evaluate = False
-            control.should_save = False  # saved at the step's end already
+            control.should_save = not self.trainer.checkpoint_saved_at_this_step()
+            control.should_training_stop = True
         return control
 
 

@@ -31,6 +31,7 @@ from .checkpoints import is_complete, last_complete_checkpoint
 from .files import atomic_path
 from .interruption import StopAtPhaseEnd, StopOnSignalCallback, StopRequest, TrainingInterrupted
 from .memory import PhaseMemory, eval_mode, move_models
+from .processes import largest, on_every_process
 from .reporting.console import quiet_callbacks
 from .reporting.model_card import write_model_card
 from .reporting.sample_table import report_sample_table
@@ -39,15 +40,7 @@ from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 from .stages import Candidates, selection
 from .stages.batches import StageBatches
-from .stages.in_flight import (
-    discard_parts,
-    in_flight_dir,
-    in_flight_path,
-    load_part,
-    run_identity,
-    save_part,
-    set_random_state,
-)
+from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.metrics import acceptance_metrics
 from .stages.prompts import contiguous_share, stage_prompt_indices
 from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
@@ -90,7 +83,7 @@ class StageTrainer(Trainer):
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`
         self._stage_in_flight: dict | None = None  # the running stage's kept set, saved with mid-stage checkpoints
         self._stage_to_resume: dict | None = None  # the same, read back from the checkpoint a run resumes from
-        self._resuming = False  # whether `train` resumes, and so may use the stage files of the run in flight
+        self._resume_in_flight = False  # whether the next stage may take its phases back from the in-flight files
         self._stop = StopRequest()
         if self.base_model_name is None:
             self.base_model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -106,6 +99,7 @@ class StageTrainer(Trainer):
                 f"fewer than the {self.accelerator.num_processes} processes: give every process at least one."
             )
         self.phase_memory = PhaseMemory(self.accelerator.device)
+        self.in_flight = InFlightFiles(args.output_dir, args.process_index)
         if not args.offload_inactive_models:
             move_models(reward_funcs, self.accelerator.device)
 
@@ -120,6 +114,7 @@ class StageTrainer(Trainer):
         of a prompt on one process); the pool is then gathered so that every process ranks the whole of it alike.
         """
         args = self.args
+        self.stop_at_phase_end()  # a signal received since the last step (in an evaluation, say): stop here
         if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone, with
             self.log({})  # their own training peak, before this stage's generation resets the counter
         stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
@@ -130,19 +125,19 @@ class StageTrainer(Trainer):
         memory = {}
         # Each phase's result goes to disk as it ends; a resumed run takes the finished ones back (stages/in_flight.py)
         identity = self.stage_identity(stage)
-        scored = self.resumed_part(stage, "scored", identity)
+        scored = self.resumed_in_flight(stage, "scored", identity)
         if scored is None:
-            generated = self.resumed_part(stage, "generated", identity)
+            generated = self.resumed_in_flight(stage, "generated", identity)
             if generated is None:
                 with self.phase_memory.phase("generate", memory):
                     generated = self.generated_candidates(prompt_indices, prompts, positions)
-                self.save_part(stage, "generated", identity, generated)
+                self.save_in_flight(stage, "generated", identity, generated)
             self.stop_at_phase_end()  # a signal received while generating takes effect here
             columns = {name: [values[i] for i in generated["prompt_of"]] for name, values in rows.items()}
             with self.phase_memory.phase("score", memory):
                 scored = self.scored_candidates(generated["candidates"], columns)
-            self.save_part(stage, "scored", identity, scored)
-            self.remove_part(stage, "generated")
+            self.save_in_flight(stage, "scored", identity, scored)
+            self.in_flight.remove(stage, "generated")
         self.stop_at_phase_end()
         candidates, rewards, rewards_per_func, kept_by_filter, scores = (
             scored[name] for name in ("candidates", "rewards", "rewards_per_func", "kept_by_filter", "scores")
@@ -263,26 +258,30 @@ class StageTrainer(Trainer):
     def stage_identity(self, stage: int) -> dict:
         """What this run's in-flight files of `stage` must match (see `run_identity`)."""
         prompts = getattr(self.train_dataset, "_fingerprint", "")
-        return run_identity(
-            self.args.to_dict(), stage, self.state.global_step, prompts, self.accelerator.num_processes
+        settings = {**self.args.to_dict(), **self.identity_settings()}
+        return run_identity(settings, stage, self.state.global_step, prompts, self.accelerator.num_processes)
+
+    def identity_settings(self) -> dict:
+        """What besides the configuration makes a stage's candidates and rewards what they are."""
+        return {
+            "model": self.base_model_name,
+            "reward_funcs": self.reward_names,
+            "sample_filter": getattr(self.sample_filter, "__name__", repr(self.sample_filter)),
+        }
+
+    def save_in_flight(self, stage: int, part: str, identity: dict, values: dict) -> None:
+        """Write this process's `part` ("generated" or "scored") of the stage in flight."""
+        self.in_flight.save(
+            stage, part, identity, {**values, "candidates": self.candidates_to_file(values["candidates"])}
         )
 
-    def save_part(self, stage: int, part: str, identity: dict, values: dict) -> None:
-        """Write this process's `part` ("generated" or "scored") of the stage in flight."""
-        values = {**values, "candidates": self.candidates_to_file(values["candidates"])}
-        save_part(in_flight_path(self.args.output_dir, stage, part, self.args.process_index), identity, values)
-
-    def remove_part(self, stage: int, part: str) -> None:
-        path = in_flight_path(self.args.output_dir, stage, part, self.args.process_index)
-        if os.path.exists(path):
-            os.remove(path)
-
-    def resumed_part(self, stage: int, part: str, identity: dict) -> dict | None:
-        """The `part` of `stage` a resumed run finds on disk, when every process finds its own and they belong to
-        this run; the random state is then put back to where it was after that phase. None otherwise."""
-        path = in_flight_path(self.args.output_dir, stage, part, self.args.process_index)
-        saved = load_part(path, identity) if self._resuming else None
-        if not self.all_processes_agree(saved is not None):
+    def resumed_in_flight(self, stage: int, part: str, identity: dict) -> dict | None:
+        """The `part` of `stage` that a resumed run finds on disk, for the stage it resumes at only (a later stage's
+        files came from a model this run trains again, the same only where training is bitwise reproducible), when
+        every process finds its own and they belong to this run; the random state is then put back to where it was
+        after that phase. None otherwise."""
+        saved = self.in_flight.load(stage, part, identity) if self._resume_in_flight else None
+        if not on_every_process(self.accelerator, saved is not None):
             return None
         set_random_state(saved["random_state"])
         return {**saved["values"], "candidates": self.candidates_from_file(saved["values"]["candidates"])}
@@ -296,13 +295,6 @@ class StageTrainer(Trainer):
         """The inverse of `candidates_to_file`."""
         return saved
 
-    def all_processes_agree(self, flag: bool) -> bool:
-        """Whether `flag` holds on every process (so that they all take the same path through the stage)."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        value = torch.tensor(int(flag), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes)
-
     @property
     def stop_signal(self) -> int | None:
         """The signal (SIGTERM or SIGINT) that asked this run to stop, if one did."""
@@ -310,31 +302,33 @@ class StageTrainer(Trainer):
 
     def stop_requested(self) -> bool:
         """Whether a process received SIGTERM or SIGINT; the processes agree, so they stop at the same point."""
-        signum = self._stop.signum or 0
-        if self.accelerator.num_processes > 1:
-            value = torch.tensor(signum, device=self.accelerator.device)
-            signum = int(self.accelerator.reduce(value, reduction="max").item())
+        signum = largest(self.accelerator, self._stop.signum or 0)
         if signum:
             self._stop.signum = signum
         return bool(signum)
 
     def stop_at_phase_end(self) -> None:
-        """After a stage's generation or scoring (whose results are on disk): stop if a signal asked to, with a
-        checkpoint of the steps trained so far, unless there is one already."""
+        """Before a stage, and after its generation or scoring (whose results are on disk): stop if a signal asked
+        to, with a checkpoint of the steps trained so far, unless there is one already."""
         if not self.stop_requested():
             return
-        checkpoint = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.state.global_step > 0 and not is_complete(checkpoint):
+        if self.state.global_step > 0 and not self.checkpoint_saved_at_this_step():
             self._save_checkpoint(self.model_wrapped, trial=None)
         raise StopAtPhaseEnd
+
+    def checkpoint_path(self, trial=None) -> str:
+        return os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+    def checkpoint_saved_at_this_step(self) -> bool:
+        return is_complete(self.checkpoint_path())
 
     def interrupted_message(self) -> str:
         signal_name = signal.Signals(self._stop.signum).name
         step, stage = self.state.global_step, self.current_stage()
         checkpoint = last_complete_checkpoint(self.args.output_dir)
         saved = [f"the last checkpoint is {checkpoint}" if checkpoint else "no optimizer step to checkpoint yet"]
-        if os.path.isdir(in_flight_dir(self.args.output_dir)) and os.listdir(in_flight_dir(self.args.output_dir)):
-            saved.append(f"stage {stage}'s finished phases are in {in_flight_dir(self.args.output_dir)}")
+        if os.path.isdir(self.in_flight.folder) and os.listdir(self.in_flight.folder):
+            saved.append(f"stage {stage}'s finished phases are in {self.in_flight.folder}")
         return (
             f"raft-trainer: stopped by {signal_name} at step {step} (stage {stage} of {self.args.num_stages}); "
             f"{'; '.join(saved)}. Resume with trainer.train(resume_from_checkpoint=True), or raft-train ... --resume."
@@ -357,7 +351,8 @@ class StageTrainer(Trainer):
         rows = dataset.select(self.process_share(range(len(dataset)))).to_dict()
         prompts = rows.pop("prompt")
         # A fixed seed per step, outside the training random stream: a run trains the same with or without it.
-        with torch.random.fork_rng(devices=[]), eval_mode(self.model):
+        devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), eval_mode(self.model):
             torch.manual_seed(self.args.seed + self.state.global_step)
             candidates = self.evaluation_candidates(prompts)
         prompt_of = candidates.pop("prompt_position")
@@ -396,6 +391,9 @@ class StageTrainer(Trainer):
             examples, self._stage_metrics = saved["examples"], saved["metrics"]
         else:
             examples = self.run_stage(stage)
+        if self._resume_in_flight:  # the stage the run resumed at is under way: later stages' files are stale
+            self._resume_in_flight = False
+            self.in_flight.discard(lambda other: other > stage)
         self._stage_in_flight = {"stage": stage, "examples": examples, "metrics": dict(self._stage_metrics)}
         return examples
 
@@ -516,7 +514,7 @@ class StageTrainer(Trainer):
         from its files on disk. SIGTERM or SIGINT during training stop at the next safe point with a checkpoint and
         raise `TrainingInterrupted` (a `SystemExit` with status 128 + the signal's number).
         """
-        self._resuming = bool(resume_from_checkpoint)
+        resuming = bool(resume_from_checkpoint)
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         elif isinstance(resume_from_checkpoint, str) and not is_complete(resume_from_checkpoint):
@@ -524,8 +522,9 @@ class StageTrainer(Trainer):
                 f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint (no readable "
                 "trainer_state.json): pass an earlier one, or True for the newest complete one."
             )
-        if not self._resuming:  # a fresh run: another run's in-flight files must not be mistaken for its own
-            discard_parts(self.args.output_dir, self.args.process_index)
+        self._resume_in_flight = resuming
+        if not resuming:  # a fresh run: another run's in-flight files must not be mistaken for its own
+            self.in_flight.discard()
         if isinstance(resume_from_checkpoint, str):
             path = os.path.join(resume_from_checkpoint, self._stage_checkpoint_name())
             if os.path.isfile(path):
@@ -536,24 +535,27 @@ class StageTrainer(Trainer):
                 output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         except StopAtPhaseEnd:
             output = None
-        if self._stop.signum is not None:
+        # Every process asks, so that all of them raise, or none (a signal after the last step ends nothing).
+        if self.stop_requested() and self.state.global_step < self.state.max_steps:
             message = self.interrupted_message()
             if self.is_world_process_zero():
                 print(message, file=sys.stderr, flush=True)
             raise TrainingInterrupted(self._stop.signum, message)
-        discard_parts(self.args.output_dir, self.args.process_index)  # the run is over: nothing is in flight
+        self.in_flight.discard()  # the run is over: nothing is in flight
         return output
 
     def _save_checkpoint(self, model, trial) -> None:
         # Inside a stage the checkpoint holds its kept set, written before the Trainer's files so that the
         # Trainer's state, written last, marks a complete checkpoint (see checkpoints.py).
         if self.state.global_step % self.optimizer_steps_per_stage() != 0:
-            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with atomic_path(os.path.join(checkpoint, self._stage_checkpoint_name())) as partial:
+            with atomic_path(os.path.join(self.checkpoint_path(trial), self._stage_checkpoint_name())) as partial:
                 torch.save(self._stage_in_flight, partial)
         super()._save_checkpoint(model, trial)
-        # The stages before this one are in the checkpoint now: their in-flight files are not needed any more.
-        discard_parts(self.args.output_dir, self.args.process_index, before_stage=self.current_stage())
+        # The stages before this one are in the checkpoint now (once every process has saved its part): their
+        # in-flight files are not needed any more.
+        self.accelerator.wait_for_everyone()
+        current = self.current_stage()
+        self.in_flight.discard(lambda stage: stage < current)
 
     def _stage_checkpoint_name(self) -> str:
         return f"raft_stage_{self.args.process_index}.pt"  # every process keeps its own kept set

@@ -109,7 +109,7 @@ def test_a_run_resumes_only_from_its_own_stage_files(tmp_path):
     assert events(output_dir)["0", "generate", 0] == 2
 
 
-def test_two_processes_one_killed_the_other_stops_and_the_resumed_run_is_the_same(tmp_path):
+def test_two_processes_one_killed_or_stopped_the_other_stops_too_and_the_resumed_run_is_the_same(tmp_path):
     reference = tmp_path / "reference" / "out"
     finished(reference, launcher=TWO_PROCESSES)
 
@@ -118,9 +118,69 @@ def test_two_processes_one_killed_the_other_stops_and_the_resumed_run_is_the_sam
     # The launcher stops the surviving process and names the one that died.
     assert killed.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in killed.stderr and "SIGKILL" in killed.stderr
+    # SIGTERM to the second process only, once stage 2 is generated: both stop there (the first process, which
+    # did not get the signal, reports the stop), with stage 2's candidates on disk.
+    stopped = run(output_dir, "--resume", "--fault", "generate:2:TERM@1", launcher=TWO_PROCESSES)
+    assert stopped.returncode != 0 and "stopped by SIGTERM at step 8 (stage 2 of 3)" in stopped.stderr
+    assert sorted(os.listdir(output_dir / "in_flight")) == [
+        "stage_002.generated.process_0.pt",
+        "stage_002.generated.process_1.pt",
+    ]
     finished(output_dir, "--resume", launcher=TWO_PROCESSES)
 
     assert_same_run(output_dir, reference)
     entered = events(output_dir)
     for rank in ("0", "1"):
         assert [entered[rank, "generate", stage] for stage in range(3)] == [1, 1, 1]
+
+
+def test_sigterm_while_scoring_saves_a_checkpoint_and_the_resumed_run_neither_generates_nor_scores_again(
+    make_model, tokenizer, prompts, make_args, tmp_path
+):
+    from raft_trainer import RAFTTrainer, TrainingInterrupted
+
+    from .helpers import NO_DROPOUT, share_of_apple
+
+    def trainer_for(output_dir, reward):
+        args = make_args(output_dir=str(output_dir), num_stages=2, save_strategy="no", lr_scheduler_type="linear")
+        model = make_model(seed=0, **NO_DROPOUT)
+        return RAFTTrainer(model, reward, args=args, train_dataset=prompts, processing_class=tokenizer)
+
+    reference = trainer_for(tmp_path / "reference", share_of_apple)
+    reference.train()
+    calls = []
+
+    def terminated_at_stage_1(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends: the scoring in progress still finishes
+        return share_of_apple(**kwargs)
+
+    terminated_at_stage_1.__name__ = "share_of_apple"
+    output_dir = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        trainer_for(output_dir, terminated_at_stage_1).train()
+    assert stopped.value.code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stopped.value.message
+    # save_strategy="no", yet the stop saved the steps of stage 0; stage 1's rewards wait in in_flight/.
+    steps = reference.optimizer_steps_per_stage()
+    assert last_complete_checkpoint(str(output_dir)) == str(output_dir / f"checkpoint-{steps}")
+    assert os.listdir(output_dir / "in_flight") == ["stage_001.scored.process_0.pt"]
+
+    resumed_calls = []
+
+    def counting(**kwargs):
+        resumed_calls.append(1)
+        return share_of_apple(**kwargs)
+
+    counting.__name__ = "share_of_apple"
+    resumed = trainer_for(output_dir, counting)
+    generate = resumed.generate
+    generated = []
+    resumed.generate = lambda *args: generated.append(args) or generate(*args)
+    resumed.train(resume_from_checkpoint=True)
+    assert generated == [] and resumed_calls == []
+    for stage in range(2):
+        name = f"stage_{stage:03d}.jsonl"
+        assert (output_dir / "stages" / name).read_bytes() == (tmp_path / "reference" / "stages" / name).read_bytes()
+    for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected, msg=name)

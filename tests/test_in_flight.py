@@ -2,6 +2,7 @@
 complete."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -10,11 +11,10 @@ import torch
 
 from raft_trainer.checkpoints import last_complete_checkpoint
 from raft_trainer.stages.in_flight import (
+    InFlightFiles,
     identity_differences,
-    load_part,
     random_state,
     run_identity,
-    save_part,
     set_random_state,
 )
 
@@ -38,21 +38,30 @@ def test_the_random_state_saved_after_a_phase_is_put_back():
 def test_a_file_is_used_by_its_own_run_only(tmp_path, caplog):
     settings = {"temperature": 1.0, "seed": 0, "output_dir": "a", "logging_steps": 1}
     identity = run_identity(settings, stage=2, start_step=8, prompts_fingerprint="f", num_processes=1)
-    path = str(tmp_path / "stage_002.scored.process_0.pt")
-    save_part(path, identity, {"rewards": torch.tensor([1.0, 0.0])})
+    files = InFlightFiles(str(tmp_path), process_index=0)
+    files.save(2, "scored", identity, {"rewards": torch.tensor([1.0, 0.0])})
 
     # Where it reports or saves does not matter; what it samples does.
     moved = run_identity({**settings, "output_dir": "b", "logging_steps": 5}, 2, 8, "f", 1)
-    torch.testing.assert_close(load_part(path, moved)["values"]["rewards"], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(files.load(2, "scored", moved)["values"]["rewards"], torch.tensor([1.0, 0.0]))
     other = run_identity({**settings, "temperature": 0.7}, 2, 8, "f", 1)
-    assert load_part(path, other) is None
+    assert files.load(2, "scored", other) is None
     assert "differs in temperature" in caplog.text
     assert identity_differences(identity, run_identity(settings, 2, 12, "g", 2)) == [
         "start_step",
         "prompts",
         "num_processes",
     ]
-    assert load_part(str(tmp_path / "missing.pt"), identity) is None
+    assert files.load(2, "generated", identity) is None  # not there
+
+    # A file that cannot be read back is passed over (the phase runs again), not an error at every resume.
+    with open(files.path(3, "scored"), "wb") as file:
+        file.write(b"not a torch file")
+    assert files.load(3, "scored", identity) is None and "cannot be read back" in caplog.text
+    files.discard(lambda stage: stage < 3)
+    assert os.listdir(files.folder) == ["stage_003.scored.process_0.pt"]
+    files.discard()
+    assert not os.path.exists(files.folder)
 
 
 def test_resuming_passes_over_a_checkpoint_cut_short(tmp_path):

@@ -3,7 +3,8 @@
 Generation is a stage's expensive part. A run that dies after it (in scoring, in writing the stage file, in the
 fine-tuning before a checkpoint) finds these files when it resumes and goes on from there instead of generating or
 scoring the stage again. Each file says which run made it (`run_identity`), and is used only by the same run: the
-same stage, started at the same optimizer step, with the same configuration, prompts and number of processes.
+same stage, started at the same optimizer step, with the same configuration, prompts and number of processes; and
+only for the stage the run resumes at (a later stage's files came from a model the resumed run trains again).
 
 Each file also holds the random state right after its phase, so that the resumed run draws the same random numbers
 from there on as the run that never stopped (sampling uses the global generators).
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -57,8 +59,41 @@ def in_flight_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "in_flight")
 
 
-def in_flight_path(output_dir: str, stage: int, part: str, process_index: int) -> str:
-    return os.path.join(in_flight_dir(output_dir), f"stage_{stage:03d}.{part}.process_{process_index}.pt")
+class InFlightFiles:
+    """One process's in-flight files in `output_dir/in_flight`: `stage_<t>.<part>.process_<i>.pt`, where part is
+    "generated" (the candidates) or "scored" (the candidates after the sample filter, with their rewards)."""
+
+    def __init__(self, output_dir: str, process_index: int):
+        self.folder = in_flight_dir(output_dir)
+        self.process_index = process_index
+
+    def path(self, stage: int, part: str) -> str:
+        return os.path.join(self.folder, f"stage_{stage:03d}.{part}.process_{self.process_index}.pt")
+
+    def save(self, stage: int, part: str, identity: dict, values: dict) -> None:
+        """Write one phase's result with the run's identity and the random state after it, atomically."""
+        with atomic_path(self.path(stage, part)) as partial:
+            torch.save({"identity": identity, "values": values, "random_state": random_state()}, partial)
+
+    def load(self, stage: int, part: str, identity: dict) -> dict | None:
+        """What `save` wrote (`values` and `random_state`) if the file exists, reads back and belongs to this run;
+        None otherwise, with a warning naming what is wrong with a file that is there."""
+        return load_part(self.path(stage, part), identity)
+
+    def remove(self, stage: int, part: str) -> None:
+        if os.path.exists(self.path(stage, part)):
+            os.remove(self.path(stage, part))
+
+    def discard(self, stages: Callable[[int], bool] = lambda stage: True) -> None:
+        """Remove this process's files of the stages `stages` picks (all by default), and the folder once empty."""
+        for path in glob.glob(os.path.join(self.folder, f"stage_*.*.process_{self.process_index}.pt*")):
+            if stages(int(os.path.basename(path).split(".")[0].removeprefix("stage_"))):
+                os.remove(path)
+        if os.path.isdir(self.folder) and not os.listdir(self.folder):
+            try:
+                os.rmdir(self.folder)
+            except OSError:  # another process wrote into it meanwhile
+                pass
 
 
 def run_identity(settings: dict, stage: int, start_step: int, prompts_fingerprint: str, num_processes: int) -> dict:
@@ -84,18 +119,18 @@ def identity_differences(saved: dict, expected: dict) -> list[str]:
     return differences
 
 
-def save_part(path: str, identity: dict, values: dict) -> None:
-    """Write one phase's result with the run's identity and the random state after it, atomically."""
-    with atomic_path(path) as partial:
-        torch.save({"identity": identity, "values": values, "random_state": random_state()}, partial)
-
-
 def load_part(path: str, identity: dict) -> dict | None:
-    """What `save_part` wrote at `path` (`values` and `random_state`) if it exists and belongs to this run; None
-    otherwise, with a warning when the file is another run's."""
+    """What `InFlightFiles.save` wrote at `path` (`values` and `random_state`) if it exists, reads back and belongs
+    to this run; None otherwise, with a warning when the file is there."""
     if not os.path.isfile(path):
         return None
-    saved = torch.load(path, weights_only=True)
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as error:  # unreadable (a candidate type `weights_only` refuses, say): run the phase again
+        logger.warning(
+            f"{path} cannot be read back ({type(error).__name__}: {error}); running the stage's phase again."
+        )
+        return None
     differences = identity_differences(saved["identity"], identity)
     if differences:
         logger.warning(
@@ -104,21 +139,6 @@ def load_part(path: str, identity: dict) -> dict | None:
         )
         return None
     return saved
-
-
-def discard_parts(output_dir: str, process_index: int, before_stage: int | None = None) -> None:
-    """Remove this process's in-flight files of the stages before `before_stage` (all of them, and the folder once
-    empty, when None)."""
-    folder = in_flight_dir(output_dir)
-    for path in glob.glob(os.path.join(folder, f"stage_*.*.process_{process_index}.pt*")):
-        stage = int(os.path.basename(path).split(".")[0].removeprefix("stage_"))
-        if before_stage is None or stage < before_stage:
-            os.remove(path)
-    if before_stage is None and os.path.isdir(folder) and not os.listdir(folder):
-        try:
-            os.rmdir(folder)
-        except OSError:  # another process wrote into it meanwhile
-            pass
 
 
 def random_state() -> dict:
