@@ -7,6 +7,7 @@ problems, one completion each sampled at temperature 1) is recorded along the wa
 
     python benchmarks/raft_family.py --seeds 0 1 2 --output_dir runs/family        # about 45 minutes on 2 cores
     python benchmarks/raft_family.py --methods raft raft_best_of_k --seeds 0 1 2   # the selection ablation
+    python benchmarks/raft_family.py --methods raft_2_epochs raft_lr_2e-5 --seeds 0  # what else was tried
 
 Writes `results.json`, `results.md` and `accuracy.png` (accuracy against completions and against wall time, and
 the sampling entropy per stage) in `--output_dir`.
@@ -29,6 +30,9 @@ FAMILY = {
     "raft_best_of_k": ["--best_of_k", "true"],
     "raft++": ["--loss_type", "raft++"],
     "reinforce_rej": ["--loss_type", "reinforce_rej", "--kept_per_prompt", "1", "--samples_per_stage", "128"],
+    # What else was tried for plain RAFT: two passes over each stage's kept set, a learning rate twice as high.
+    "raft_2_epochs": ["--epochs_per_stage", "2"],
+    "raft_lr_2e-5": ["--learning_rate", "2e-5"],
 }
 METHODS = [*FAMILY, "grpo"]
 
