@@ -82,6 +82,7 @@ def floor_seconds(models, prompts, num_stages: int) -> float:
     for stage in range(num_stages):
         drawn = stage_prompt_indices(stage, b, len(prompt_ids), STAGE["seed"])
         stage_prompt_ids = [prompt_ids[i] for i in drawn]
+        policy.eval()  # sampling in eval mode, as the trainer does (no dropout)
         completions = generate_completions(
             policy, stage_prompt_ids, generation_config, k, STAGE["generation_batch_size"], show_progress=False
         )
