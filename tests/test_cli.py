@@ -48,7 +48,14 @@ def test_raft_train_runs_the_miniature_world_and_writes_its_report(tmp_path):
     assert "stage   reward     kept" in finished.stdout and "true_score" in finished.stdout
     # The stage table and the evaluation, nothing else: no raw log dicts, no dependency reports or bars.
     assert "{'" not in finished.stdout
-    for noise in ("LOAD REPORT", "Tokenizing", "Dropping fully masked", "Warning"):
+    for noise in (
+        "LOAD REPORT",
+        "Loading weights",
+        "Writing model shards",
+        "Tokenizing",
+        "Dropping fully masked",
+        "Warning",
+    ):
         assert noise not in finished.stdout + finished.stderr, noise
     table = [line for line in finished.stdout.splitlines() if line.startswith("stage")]
     assert len(table) == 1 and "eval" in table[0]  # one header, with the held-out reward after each stage

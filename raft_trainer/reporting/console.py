@@ -23,13 +23,15 @@ def quiet_callbacks(trainer) -> None:
 
 def quiet_dependencies() -> None:
     """Silence what the libraries print that a user of `raft-train` or `raft-compare` cannot act on: dataset
-    preparation bars, model load reports, deprecation and experimental-API warnings. Errors still show."""
+    preparation bars, model load and save bars and reports, deprecation and experimental-API warnings. Errors still
+    show."""
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
     for name in ("trl", "accelerate", "peft", "raft_trainer"):
         logging.getLogger(name).setLevel(logging.ERROR if name != "raft_trainer" else logging.WARNING)
     for category in (FutureWarning, DeprecationWarning, UserWarning):
