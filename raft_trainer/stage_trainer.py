@@ -295,11 +295,6 @@ class StageTrainer(Trainer):
         """The inverse of `candidates_to_file`."""
         return saved
 
-    @property
-    def stop_signal(self) -> int | None:
-        """The signal (SIGTERM or SIGINT) that asked this run to stop, if one did."""
-        return self._stop.signum
-
     def stop_requested(self) -> bool:
         """Whether a process received SIGTERM or SIGINT; the processes agree, so they stop at the same point."""
         signum = largest(self.accelerator, self._stop.signum or 0)

@@ -78,7 +78,24 @@ class InFlightFiles:
     def load(self, stage: int, part: str, identity: dict) -> dict | None:
         """What `save` wrote (`values` and `random_state`) if the file exists, reads back and belongs to this run;
         None otherwise, with a warning naming what is wrong with a file that is there."""
-        return load_part(self.path(stage, part), identity)
+        path = self.path(stage, part)
+        if not os.path.isfile(path):
+            return None
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as error:  # unreadable (a candidate type `weights_only` refuses, say): run the phase again
+            logger.warning(
+                f"{path} cannot be read back ({type(error).__name__}: {error}); running the stage's phase again."
+            )
+            return None
+        differences = identity_differences(saved["identity"], identity)
+        if differences:
+            logger.warning(
+                f"{path} was written by another run (it differs in {', '.join(differences)}); running the stage's "
+                "phase again."
+            )
+            return None
+        return saved
 
     def remove(self, stage: int, part: str) -> None:
         if os.path.exists(self.path(stage, part)):
@@ -117,28 +134,6 @@ def identity_differences(saved: dict, expected: dict) -> list[str]:
         name for name in settings.keys() | saved_settings.keys() if saved_settings.get(name) != settings.get(name)
     )
     return differences
-
-
-def load_part(path: str, identity: dict) -> dict | None:
-    """What `InFlightFiles.save` wrote at `path` (`values` and `random_state`) if it exists, reads back and belongs
-    to this run; None otherwise, with a warning when the file is there."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        saved = torch.load(path, weights_only=True)
-    except Exception as error:  # unreadable (a candidate type `weights_only` refuses, say): run the phase again
-        logger.warning(
-            f"{path} cannot be read back ({type(error).__name__}: {error}); running the stage's phase again."
-        )
-        return None
-    differences = identity_differences(saved["identity"], identity)
-    if differences:
-        logger.warning(
-            f"{path} was written by another run (it differs in {', '.join(differences)}); running the stage's "
-            "phase again."
-        )
-        return None
-    return saved
 
 
 def random_state() -> dict:
