@@ -537,6 +537,9 @@ class StageTrainer(Trainer):
                 print(message, file=sys.stderr, flush=True)
             raise TrainingInterrupted(self._stop.signum, message)
         self.in_flight.discard()  # the run is over: nothing is in flight
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_local_main_process:
+            self.in_flight.remove_folder()
         return output
 
     def _save_checkpoint(self, model, trial) -> None:

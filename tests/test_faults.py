@@ -44,7 +44,9 @@ def run(output_dir: Path, *options: str, launcher: list[str] | None = None) -> s
 
 def finished(output_dir: Path, *options: str, launcher: list[str] | None = None) -> None:
     result = run(output_dir, *options, launcher=launcher)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Under a launcher the process that failed first may not be the one printing last: show every error line too.
+    errors = "\n".join(line for line in result.stderr.splitlines() if "Error" in line)
+    assert result.returncode == 0, f"{errors}\n...\n{result.stderr[-3000:]}"
 
 
 def events(output_dir: Path) -> collections.Counter:

@@ -61,7 +61,28 @@ def test_a_file_is_used_by_its_own_run_only(tmp_path, caplog):
     files.discard(lambda stage: stage < 3)
     assert os.listdir(files.folder) == ["stage_003.scored.process_0.pt"]
     files.discard()
+    assert os.listdir(files.folder) == []
+    files.remove_folder()
     assert not os.path.exists(files.folder)
+
+
+def test_one_process_discarding_its_files_never_takes_the_folder_from_another_that_writes(tmp_path, monkeypatch):
+    # Process 0 discards its last file at the very moment process 1 is about to write into the folder.
+    first, second = (InFlightFiles(str(tmp_path), process_index=index) for index in (0, 1))
+    identity = run_identity({}, stage=0, start_step=0, prompts_fingerprint="f", num_processes=2)
+    first.save(0, "generated", identity, {"rewards": torch.tensor([1.0])})
+    save = torch.save
+
+    def discarded_meanwhile(value, path):
+        first.discard()
+        save(value, path)
+
+    monkeypatch.setattr(torch, "save", discarded_meanwhile)
+    second.save(1, "generated", identity, {"rewards": torch.tensor([2.0])})
+    monkeypatch.undo()
+    assert os.listdir(first.folder) == ["stage_001.generated.process_1.pt"]
+    first.remove_folder()  # not empty: stays
+    assert second.load(1, "generated", identity)["values"]["rewards"].item() == 2.0
 
 
 def test_resuming_passes_over_a_checkpoint_cut_short(tmp_path):

@@ -102,15 +102,18 @@ class InFlightFiles:
             os.remove(self.path(stage, part))
 
     def discard(self, stages: Callable[[int], bool] = lambda stage: True) -> None:
-        """Remove this process's files of the stages `stages` picks (all by default), and the folder once empty."""
+        """Remove this process's files of the stages `stages` picks (all by default). The folder stays: another
+        process may be about to write into it (`remove_folder` takes it away once no process will)."""
         for path in glob.glob(os.path.join(self.folder, f"stage_*.*.process_{self.process_index}.pt*")):
             if stages(int(os.path.basename(path).split(".")[0].removeprefix("stage_"))):
                 os.remove(path)
-        if os.path.isdir(self.folder) and not os.listdir(self.folder):
-            try:
-                os.rmdir(self.folder)
-            except OSError:  # another process wrote into it meanwhile
-                pass
+
+    def remove_folder(self) -> None:
+        """Remove the folder if it is empty; call it when no process writes any more (after the run's end)."""
+        try:
+            os.rmdir(self.folder)
+        except OSError:  # not there (another node's process removed a shared one), or not empty
+            pass
 
 
 def run_identity(settings: dict, stage: int, start_step: int, prompts_fingerprint: str, num_processes: int) -> dict:
