@@ -1,9 +1,11 @@
-"""Memory of a RAFT stage: peaks per phase, models that only visit the accelerator while they work, eval mode.
+"""Memory of a RAFT stage: peaks per phase (and of the whole process), models that only visit the accelerator while
+they work, eval mode.
 
 RAFT's phases are decoupled, so only the model a phase uses needs the accelerator: reward models (and the KL
 reference) can wait on the CPU while the policy generates and trains.
 """
 
+import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,30 +49,78 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class PhaseMemory:
-    """Peak memory of each phase of a stage, as log metrics (MiB).
+    """Peak memory of each phase of a stage, as log metrics (MiB): `memory/<phase>_peak_mb`.
 
-    On CUDA: the peak of allocated memory during the phase (`memory/<phase>_peak_mb`). On the CPU no such counter
-    can be reset, so only the process's peak resident memory so far is reported (`memory/peak_rss_mb`).
+    On CUDA: the peak of allocated memory during the phase. On the CPU (Linux): the peak resident set size during the
+    phase (the kernel's high-water mark, reset at the phase's start). Where it cannot be reset, `memory/peak_rss_mb`:
+    the process's peak so far. The counters are reset, so a caller measuring the whole run reads
+    `process_peak_mb`, which remembers the peaks from before each reset.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-
-    @property
-    def per_phase(self) -> bool:
-        return self.device.type == "cuda"
+        self.per_phase = device.type == "cuda" or (device.type == "cpu" and _rss_peak_resettable())
 
     def start(self) -> None:
         if self.per_phase:
-            torch.cuda.reset_peak_memory_stats(self.device)
+            reset_peak(self.device)
 
     def peak(self, phase: str) -> dict[str, float]:
         if self.per_phase:
-            return {f"memory/{phase}_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
-        return {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+            return {f"memory/{phase}_peak_mb": _counter_peak_mb(self.device)}
+        return {"memory/peak_rss_mb": process_peak_mb(self.device)}
 
     @contextmanager
     def phase(self, name: str, metrics: dict) -> Iterator[None]:
         self.start()
         yield
         metrics.update(self.peak(name))
+
+
+_PEAKS_BEFORE_RESET: dict[str, float] = {}  # device type -> the highest peak a reset has cleared
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start the peak counter of `device` (CUDA's allocator, or this process's resident set) afresh, remembering
+    the peak so far for `process_peak_mb`."""
+    _PEAKS_BEFORE_RESET[device.type] = process_peak_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # Linux: reset the resident set's high-water mark (VmHWM)
+
+
+def process_peak_mb(device: torch.device | str) -> float:
+    """The peak memory of this process so far (MiB), resets by `PhaseMemory` included: CUDA's peak allocated
+    memory, or the peak resident set size on the CPU."""
+    device = torch.device(device)
+    return max(_PEAKS_BEFORE_RESET.get(device.type, 0.0), _counter_peak_mb(device))
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory now (MiB)."""
+    return _proc_status_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _counter_peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _proc_status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory figure of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none. (`ru_maxrss` of a
+    spawned child also counts the parent it was forked from before exec, so it is only the fallback.)"""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _rss_peak_resettable() -> bool:
+    return _proc_status_mb("VmHWM") is not None and os.access("/proc/self/clear_refs", os.W_OK)

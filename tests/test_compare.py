@@ -85,6 +85,10 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(ablation_values=[8, 16]), "ablation_values"),
         (dict(ablation="temperature", ablation_values=[0.0]), "ablation_values"),
         (dict(model_name_or_path="some/model"), "reward_model_name_or_path and dataset_name"),
+        (dict(task="sudoku"), "task must be one of"),
+        (dict(task="arithmetic", methods=["raft", "ppo"]), "leave ppo out"),
+        (dict(task="arithmetic", dataset_name="some/data"), "leave out dataset_name"),
+        (dict(kept_per_prompt=0), "kept_per_prompt"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -214,3 +218,71 @@ def test_the_example_script_is_raft_compare():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # imports only: the comparison runs under `if __name__ == "__main__"`
     assert module.main is compare_cli.main
+
+
+# The verifiable task on the real model, at a tiny budget: 1 stage of 4 prompts x 4 = 16 completions per method.
+ARITHMETIC = [
+    "--task", "arithmetic", "--num_stages", "1", "--prompts_per_stage", "4", "--num_generations", "4",
+    "--completions_per_update", "8", "--per_device_train_batch_size", "4", "--max_completion_length", "16",
+    "--samples_per_stage", "4", "--num_eval_prompts", "12", "--num_curve_prompts", "4", "--quiet", "true",
+]  # fmt: skip
+# RAFT++ and Reinforce-Rej are RAFT's code path with another loss, RLOO is GRPO's (the miniature world runs both).
+SOME_OF_THEM = ["raft++", "reinforce_rej", "rloo"]
+
+
+def stage_rows(output_dir, method: str) -> list[dict]:
+    path = output_dir / "runs" / method / "lr1e-05" / "stages" / "stage_000.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_verifiable_task_compares_the_raft_family_with_grpo_and_rloo_by_default():
+    args = compare_cli.parse_args(["--task", "arithmetic"])
+    assert args.methods == ["raft", "raft++", "reinforce_rej", "grpo", "rloo"]
+    assert args.completions_budget == 768 and args.reward_threshold == 1.0 and args.mask_truncated_completions
+    assert CompareArguments(task="arithmetic").methods == ["raft", "ppo", "grpo"]  # the dataclass stays plain...
+    with pytest.raises(ValueError, match="leave ppo out"):
+        compare(task="arithmetic", methods=["raft", "ppo"])  # ...and compare(task=...) starts from the task's
+
+
+def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_path, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raft_trainer.tasks.accuracy import evaluate_accuracy
+    from raft_trainer.tasks.arithmetic import arithmetic_dataset
+
+    output_dir = tmp_path / "out"
+    argv = [*ARITHMETIC, "--model_name_or_path", smollm2_path, "--output_dir", str(output_dir)]
+    results = compare_cli.run([*argv, "--methods", *SOME_OF_THEM])
+    assert list(results["methods"]) == SOME_OF_THEM
+    for name, row in results["methods"].items():
+        assert "failed" not in row, (name, row.get("failed"))
+        assert row["completions"] == 16, name
+        assert [point["completions"] for point in row["curve"]] == [0, 16], name
+        for key in ("final_reward", "greedy_reward"):  # accuracies on the 8 test problems: multiples of 1/8
+            assert row[key] * 8 == pytest.approx(round(row[key] * 8)), (name, key)
+        assert row["peak_memory_mb"] > row["baseline_memory_mb"] > 0
+
+    # The start's greedy reward is the greedy accuracy as evaluate_accuracy measures it, on the same problems.
+    test_problems = arithmetic_dataset("sums", num_train=256, num_test=12)["test"].select(range(4, 12))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(smollm2_path), AutoTokenizer.from_pretrained(smollm2_path)
+    expected = evaluate_accuracy(model, tokenizer, test_problems, num_samples=1, max_new_tokens=16)
+    assert results["start"]["greedy_reward"] == expected["greedy_accuracy"]
+
+    # Each kept what it should: RAFT++ the correct answers not cut off; Reinforce-Rej every candidate not cut off of
+    # the prompts whose answers (not cut off) were neither all right nor all wrong.
+    kept = [row for row in stage_rows(output_dir, "raft++") if row["selected"]]
+    assert kept and all(row["reward"] == 1.0 and not row["truncated"] for row in kept)
+    assert "old_log_probs" in stage_rows(output_dir, "raft++")[0]  # the clipped loss's pi_old
+    groups = {}
+    for row in stage_rows(output_dir, "reinforce_rej"):
+        groups.setdefault(row["group"], []).append(row)
+    for rows in groups.values():
+        finished = [row for row in rows if not row["truncated"]]
+        mixed = len({row["reward"] for row in finished}) > 1
+        assert all(row["selected"] == (mixed and not row["truncated"]) for row in rows)
+    assert any(row["selected"] for rows in groups.values() for row in rows)
+
+    table = (output_dir / "comparison.md").read_text()
+    assert "every reward below is an accuracy" in table and "| greedy reward |" in table
+    for name in SOME_OF_THEM:
+        assert f"| {name} |" in table

@@ -1,8 +1,10 @@
-"""`raft-compare`: RAFT, PPO and GRPO (optionally RLOO) from one SFT policy, one reward model and one prompt set, on
-the same budget; on the offline miniature world when no model is named.
+"""`raft-compare`: RAFT, PPO and GRPO (optionally RLOO, RAFT++, Reinforce-Rej) from one SFT policy, one reward model
+and one prompt set, on the same budget; on the offline miniature world when no model is named, on a verifiable task
+of the real model with `--task`.
 
     raft-compare                                  # the miniature world, offline, under 15 minutes on 2 CPU cores
     raft-compare --ablation K                     # RAFT with K in {8, 16, 32} (the paper's Table 4)
+    raft-compare --task arithmetic --seed 0       # RAFT, RAFT++, Reinforce-Rej, GRPO, RLOO on SmolLM2 (~30 min)
     raft-compare --model_name_or_path ... --reward_model_name_or_path ... --dataset_name ...
     raft-compare --summarize runs/compare-seed0 runs/compare-seed1 --output_dir runs/seeds  # mean and range
 
@@ -18,7 +20,7 @@ from ..files import write_text
 from ..reporting.console import quiet_dependencies
 from .report import comparison_markdown, seed_summary
 from .run import compare
-from .settings import CompareArguments
+from .settings import TASK_DEFAULTS, CompareArguments
 
 # Without a model, the dataclass defaults (the miniature world). With one, the paper's setup (section 4.1).
 REAL_MODEL_DEFAULTS = dict(
@@ -38,7 +40,8 @@ REAL_MODEL_DEFAULTS = dict(
 
 
 def parse_args(argv: list[str] | None = None) -> CompareArguments:
-    """The flags (and `--config run.yaml` values); the paper's defaults apply when a model is named."""
+    """The flags (and `--config run.yaml` values); a task's defaults apply with `--task`, the paper's when a model
+    is named."""
 
     def parse(defaults: dict) -> CompareArguments:
         parser = TrlParser(CompareArguments)
@@ -47,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> CompareArguments:
         return args
 
     args = parse({})
+    if args.task is not None:
+        return parse(TASK_DEFAULTS[args.task]) if args.task in TASK_DEFAULTS else args  # validate() names a bad one
     return parse(REAL_MODEL_DEFAULTS) if args.model_name_or_path is not None else args
 
 

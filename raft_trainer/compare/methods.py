@@ -1,5 +1,6 @@
-"""Each method of the comparison, trained from the same start with the same budget: RAFT (our `RAFTTrainer`), PPO
-(TRL's `experimental.ppo.PPOTrainer`), GRPO and RLOO (TRL's `GRPOTrainer`, `RLOOTrainer`), all used as they are.
+"""Each method of the comparison, trained from the same start with the same budget: RAFT, RAFT++ and Reinforce-Rej
+(our `RAFTTrainer`), PPO (TRL's `experimental.ppo.PPOTrainer`), GRPO and RLOO (TRL's `GRPOTrainer`, `RLOOTrainer`),
+all used as they are.
 
 A method function builds its trainer with the shared settings, trains it with the curve callback attached, and
 returns the trained policy and how many completions the run generated (counted as they were scored).
@@ -24,7 +25,7 @@ from ..raft_trainer import RAFTTrainer
 from ..reporting.stage_table import StageTableCallback
 from ..sequences import tokenize_prompts
 from .progress import CountingModule, CountingReward, RewardCurve
-from .settings import CompareArguments
+from .settings import RAFT_FAMILY, CompareArguments
 from .task import ComparisonTask
 
 
@@ -33,7 +34,7 @@ class Run:
     """One training run: a method with one learning rate, in its own process."""
 
     label: str  # the row name, e.g. "ppo" or "raft-K16"
-    method: str  # "raft", "ppo", "grpo" or "rloo"
+    method: str  # one of settings.METHODS
     learning_rate: float
     settings: CompareArguments
     task: ComparisonTask
@@ -64,6 +65,7 @@ def shared_training_arguments(run: Run) -> dict:
 
 
 def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:
+    """RAFT, RAFT++ or Reinforce-Rej (Xiong et al. 2025): our `RAFTTrainer` with `loss_type` = the method."""
     settings = run.settings
     args = RAFTConfig(
         **shared_training_arguments(run),
@@ -71,10 +73,14 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         prompts_per_stage=settings.prompts_per_stage,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
+        mask_truncated_completions=settings.mask_truncated_completions,
         temperature=settings.temperature,
         beta=settings.beta,
         epochs_per_stage=settings.epochs_per_stage,
         generation_batch_size=settings.generation_batch_size,
+        reward_threshold=settings.reward_threshold,
+        loss_type=run.method,
+        **family_selection(run.method, settings),
     )
     counter = CountingReward(reward_fn)
     trainer = RAFTTrainer(
@@ -84,9 +90,18 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
     return _train(trainer, curve, counter, lambda: trainer.accelerator.unwrap_model(trainer.model), at_stage_end=True)
 
 
+def family_selection(method: str, settings: CompareArguments) -> dict:
+    """How many candidates a member of the RAFT family keeps. RAFT and RAFT++ keep up to `kept_per_prompt` per
+    prompt, `samples_per_stage` a pass; Reinforce-Rej keeps every candidate of the prompts whose rewards differ
+    (one choice per prompt), half of the stage's candidates a pass."""
+    if method == "reinforce_rej":
+        return dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_checkpoint // 2)
+    return dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=settings.samples_per_stage)
+
+
 def train_ppo(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:
-    """TRL's PPO: policy, reference (a copy TRL makes), value model and reward model (both loaded from the reward
-    model, as in TRL's example), `total_episodes` = the budget, `completions_per_update` episodes per update."""
+    """TRL's PPO: policy, reference (a copy TRL makes), value model (loaded from the reward model, as in TRL's
+    example) and the reward model, `total_episodes` = the budget, `completions_per_update` episodes per update."""
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     settings = run.settings
@@ -104,7 +119,9 @@ def train_ppo(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPoli
     )
     tokenizer.padding_side = "left"
     _, prompt_ids = tokenize_prompts(run.task.train_prompts, tokenizer, max_prompt_length=None)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(run.task.reward_model, num_labels=1)
+    # The frozen reward model every method is scored with (the evaluations' too): PPO calls it directly, so that no
+    # method holds one more model than it needs.
+    reward_model = reward_fn.model
     counter = CountingModule(reward_model.score)
     trainer = PPOTrainer(
         args=args,
@@ -135,6 +152,7 @@ def train_group_relative(trainer_name: str) -> Callable:
             gradient_accumulation_steps=per_update // settings.per_device_train_batch_size,
             num_generations=settings.num_generations,
             max_completion_length=settings.max_completion_length,
+            mask_truncated_completions=settings.mask_truncated_completions,
             temperature=settings.temperature,
         )
         counter = CountingReward(reward_fn)
@@ -151,7 +169,7 @@ def train_group_relative(trainer_name: str) -> Callable:
 
 
 TRAINERS: dict[str, Callable[[Run, PreTrainedTokenizerBase, Callable, RewardCurve], TrainedPolicy]] = {
-    "raft": train_raft,
+    **{method: train_raft for method in RAFT_FAMILY},
     "ppo": train_ppo,
     "grpo": train_group_relative("GRPO"),
     "rloo": train_group_relative("RLOO"),

@@ -91,9 +91,11 @@ class RewardCurve(TrainerCallback):
         self.counter, self.policy, self.at_stage_end = counter, policy, at_stage_end
 
     def record(self) -> None:
+        count = self.counter.count
         with self.stopwatch.paused(), torch.random.fork_rng(devices=_cuda_devices()):
-            point = {"completions": self.counter.count, "seconds": self.stopwatch.seconds()}
+            point = {"completions": count, "seconds": self.stopwatch.seconds()}
             point.update(self.evaluate(self.policy()))
+        self.counter.count = count  # the evaluation may score with the counted model (PPO's reward model)
         self.points.append(point)
         if self.report is not None:
             self.report(point)

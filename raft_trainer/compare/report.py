@@ -8,6 +8,7 @@ from ..files import atomic_path, write_json, write_text
 # (results key, column title, format) of the table, as in the paper's Table 3 plus cost.
 COLUMNS = (
     ("final_reward", "reward", "{:.3f}"),
+    ("greedy_reward", "greedy reward", "{:.3f}"),
     ("true_score", "true score", "{:.3f}"),
     ("perplexity", "perplexity", "{:.3f}"),
     ("msttr_100", "MSTTR-100", "{:.3f}"),
@@ -37,13 +38,18 @@ def comparison_markdown(results: dict) -> str:
         title, who = "RAFT against RL baselines on one budget", "Every method"
     else:
         title, who = f"RAFT ablation: {results['ablation']}", "Every run"
+    if budget.get("reward", "reward model") == "reward model":
+        reward, test = "the same reward model", "one sampled completion each"
+    else:  # a verifiable task: the reward is 1 for a correct answer, 0 otherwise
+        reward = "the same rule reward (1 for the exact answer: every reward below is an accuracy)"
+        test = "one sampled completion each, and the greedy one (greedy reward)"
     lines = [
         f"# {title}",
         "",
-        f"{who} started from the same SFT policy, with the same reward model and prompts, and generated "
+        f"{who} started from the same SFT policy, with {reward} and the same prompts, and generated "
         f"{completions} completions (at most {budget['max_completion_length']} new tokens); each kept its best "
         f"learning rate of {budget['learning_rates']} by the reward on {budget['curve_prompts']} held-out validation "
-        f"prompts. Held-out test: {budget['test_prompts']} other prompts, one sampled completion each. Peak memory: "
+        f"prompts. Held-out test: {budget['test_prompts']} other prompts, {test}. Peak memory: "
         f"{budget['memory']} ({budget['device']}).",
         "",
         table([("SFT (start)", results["start"]), *finished_methods(results).items()]),
@@ -63,9 +69,11 @@ def finished_methods(results: dict) -> dict:
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    """One row per (name, row); a column that no row has (greedy reward off a verifiable task, say) is left out."""
+    columns = [column for column in COLUMNS if any(row.get(column[0]) is not None for _, row in rows)]
+    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows:
-        cells = [format_value(row.get(key), spec) for key, _, spec in COLUMNS]
+        cells = [format_value(row.get(key), spec) for key, _, spec in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -115,7 +123,8 @@ def plot_curves(results: dict, output_dir: str) -> None:
         if x_key == "perplexity" and not any(p.get("perplexity") for row in methods.values() for p in row["curve"]):
             axes.text(0.5, 0.5, "no held-out chosen responses: no perplexity", ha="center", transform=axes.transAxes)
         axes.set_xlabel(x_label)
-        axes.set_ylabel("held-out reward (validation prompts)")
+        measure = "reward" if results["budget"].get("reward", "reward model") == "reward model" else "accuracy"
+        axes.set_ylabel(f"held-out {measure} (validation prompts)")
         axes.legend()
         figure.tight_layout()
         with atomic_path(os.path.join(output_dir, filename)) as partial:

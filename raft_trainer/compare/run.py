@@ -6,21 +6,25 @@ from dataclasses import asdict, replace
 
 from .methods import Run
 from .report import write_report
-from .settings import CompareArguments
+from .settings import TASK_DEFAULTS, CompareArguments
 from .task import load_task
 from .worker import evaluate_start, run_in_own_process, train_and_measure
 
 
 def compare(args: CompareArguments | None = None, **overrides) -> dict:
     """Run the comparison described by `args` (a `CompareArguments`; keyword arguments override its fields, or build
-    one: `compare(methods=["raft", "ppo"], seed=1)`), write `results.json`, `comparison.md` and the plots in
-    `output_dir`, and return the results: `{"methods": {label: row}, "start": row, "budget": ..., "settings": ...}`.
+    one: `compare(methods=["raft", "ppo"], seed=1)`; `compare(task="arithmetic")` starts from the task's defaults),
+    write `results.json`, `comparison.md` and the plots in `output_dir`, and return the results:
+    `{"methods": {label: row}, "start": row, "budget": ..., "settings": ...}`.
 
     Bad settings raise a ValueError naming the argument before anything is loaded. Each method is trained once per
     learning rate of `learning_rates`, each run in a fresh process; a method's row is its run with the best reward on
     the held-out validation (curve) prompts at the end, with `learning_rate_search` listing every run.
     """
-    args = CompareArguments(**overrides) if args is None else replace(args, **overrides)
+    if args is None:  # a task's own defaults first, as on the command line
+        args = CompareArguments(**{**TASK_DEFAULTS.get(overrides.get("task"), {}), **overrides})
+    else:
+        args = replace(args, **overrides)
     args.validate()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     say = (lambda *_, **__: None) if args.quiet else print
@@ -54,6 +58,8 @@ def compare(args: CompareArguments | None = None, **overrides) -> dict:
             "max_completion_length": args.max_completion_length,
             "temperature": args.temperature,
             "learning_rates": args.learning_rates,
+            # A rule reward of 0/1 on a verifiable task makes the held-out reward the accuracy.
+            "reward": "exact answer (accuracy)" if task.verifiable else "reward model",
             "test_prompts": len(task.test_prompts),
             "curve_prompts": len(task.curve_prompts),
             "device": device,

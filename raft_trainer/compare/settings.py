@@ -5,12 +5,39 @@ from dataclasses import dataclass, field, replace
 
 from ..stage_config import require
 
-METHODS = ("raft", "ppo", "grpo", "rloo")
+METHODS = ("raft", "raft++", "reinforce_rej", "ppo", "grpo", "rloo")
+RAFT_FAMILY = ("raft", "raft++", "reinforce_rej")  # our RAFTTrainer, with loss_type = the method's name
+TASKS = ("arithmetic",)  # verifiable tasks on the real model, with a rule reward instead of a reward model
 # The paper's ablations (Tables 4 to 6): the RAFT setting each one varies, its row label, and the paper's values.
 ABLATIONS = {
     "K": ("num_generations", "raft-K{:g}", (8, 16, 32)),
     "temperature": ("temperature", "raft-T{:g}", (0.7, 0.85, 1.0)),
     "beta": ("beta", "raft-beta{:g}", (0.0, 0.005, 0.01, 0.1)),
+}
+
+# With --task arithmetic: the RAFT family against GRPO and RLOO on the real model at equal completions (3 stages of
+# 32 prompts x 8 = 768 completions of at most 16 tokens), the setting of Xiong et al. 2025 scaled to a CPU: RAFT
+# keeps every distinct correct answer that was not cut off.
+TASK_DEFAULTS = {
+    "arithmetic": dict(
+        output_dir="runs/compare-arithmetic",
+        methods=["raft", "raft++", "reinforce_rej", "grpo", "rloo"],
+        num_stages=3,
+        prompts_per_stage=32,
+        num_generations=8,
+        completions_per_update=32,
+        per_device_train_batch_size=8,
+        max_completion_length=16,
+        temperature=1.0,
+        learning_rates=[1e-5],
+        epochs_per_stage=1,
+        reward_threshold=1.0,
+        kept_per_prompt=8,
+        samples_per_stage=48,
+        mask_truncated_completions=True,
+        num_eval_prompts=150,
+        num_curve_prompts=50,
+    )
 }
 
 
@@ -24,8 +51,21 @@ class CompareArguments:
     method keeps the one with the best held-out validation reward at the end).
     """
 
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "A verifiable task instead of a reward model: 'arithmetic' (SmolLM2-135M-Instruct, or the "
+            "model named, adds two numbers; reward 1 for the exact answer, so the held-out reward is the "
+            "accuracy). Sets its own defaults (docs/comparison.md).",
+            "choices": list(TASKS),
+        },
+    )
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The SFT policy (id or path). Omitted: the offline miniature world."}
+        default=None,
+        metadata={
+            "help": "The SFT policy (id or path). Omitted: the offline miniature world (with --task: "
+            "smollm2-135m-instruct)."
+        },
     )
     reward_model_name_or_path: str | None = field(
         default=None,
@@ -68,6 +108,27 @@ class CompareArguments:
     )
     epochs_per_stage: int = field(default=2, metadata={"help": "RAFT: SFT passes over each stage's kept set."})
     beta: float = field(default=0.0, metadata={"help": "RAFT: KL coefficient of the ranking score."})
+    reward_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT family: keep the candidates with at least this reward (1 with a 0/1 reward: the "
+            "correct ones; None: the best of K)."
+        },
+    )
+    kept_per_prompt: int = field(
+        default=1, metadata={"help": "RAFT, RAFT++: candidates kept per prompt at most (distinct ones)."}
+    )
+    samples_per_stage: int | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT, RAFT++: kept samples per pass of a stage (None: prompts_per_stage). Reinforce-Rej "
+            "takes half of the stage's candidates (it trains on every candidate of the prompts it keeps)."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
+    )
     generation_batch_size: int = field(
         default=256, metadata={"help": "Sequences per generate call for RAFT and for the evaluations."}
     )
@@ -171,12 +232,30 @@ class CompareArguments:
             f"completions_per_update ({per_update}) must be a multiple of num_generations "
             f"({self.num_generations}): GRPO and RLOO update on whole groups.",
         )
+        require(self.kept_per_prompt >= 1, f"kept_per_prompt must be >= 1 (got {self.kept_per_prompt}).")
         require(
-            (self.model_name_or_path is None) == (self.reward_model_name_or_path is None)
-            and (self.model_name_or_path is None) == (self.dataset_name is None),
-            "model_name_or_path, reward_model_name_or_path and dataset_name go together: give all three, or none "
-            "for the offline miniature world.",
+            self.samples_per_stage is None or self.samples_per_stage >= 1,
+            f"samples_per_stage must be >= 1 or None (got {self.samples_per_stage}).",
         )
+        if self.task is not None:
+            require(self.task in TASKS, f"task must be one of {list(TASKS)} (got {self.task!r}).")
+            require(
+                self.dataset_name is None and self.reward_model_name_or_path is None,
+                f"task={self.task!r} brings its own prompts and its rule reward: leave out dataset_name and "
+                "reward_model_name_or_path.",
+            )
+            require(
+                "ppo" not in self.methods,
+                "methods: TRL's PPO needs a reward model and a value model, which the verifiable task does not "
+                "have; leave ppo out (benchmarks/real_scale_memory.py compares PPO's memory and time).",
+            )
+        else:
+            require(
+                (self.model_name_or_path is None) == (self.reward_model_name_or_path is None)
+                and (self.model_name_or_path is None) == (self.dataset_name is None),
+                "model_name_or_path, reward_model_name_or_path and dataset_name go together: give all three, or "
+                "none for the offline miniature world (or a --task).",
+            )
         if self.ablation is not None:
             require(self.ablation in ABLATIONS, f"ablation must be one of {list(ABLATIONS)} (got {self.ablation!r}).")
             for value in self.ablated_values():

@@ -1,14 +1,14 @@
 """One training run in its own process: train, measure peak memory and time, evaluate on held-out prompts.
 
 Each run gets a fresh interpreter (multiprocessing's spawn), so its memory is its own: the peak resident set
-size of the process on CPU (read from /proc/self/status `VmHWM`: `ru_maxrss` of a spawned child also counts the
-parent it was forked from before exec), the CUDA peak allocation on GPU.
+size of the process on CPU, the CUDA peak allocation on GPU (`memory.process_peak_mb`: RAFT's per-phase
+measurements reset the counters, and it remembers the peaks from before each reset).
 """
 
 import concurrent.futures
 import multiprocessing
 import os
-import resource
+from collections.abc import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, set_seed
@@ -16,9 +16,11 @@ from transformers.utils import logging as transformers_logging
 
 from ..evaluation import evaluate_model, reward_function_scorer
 from ..files import write_json
+from ..memory import process_peak_mb, resident_memory_mb
 from ..reporting.console import quiet_dependencies
 from ..rewards import RewardModel
 from ..sequences import load_tokenizer, sampling_config
+from ..tasks.accuracy import greedy_config
 from .methods import TRAINERS, Run
 from .progress import RewardCurve, Stopwatch
 from .settings import CompareArguments
@@ -48,8 +50,8 @@ def train_and_measure(run: Run) -> dict:
     set_seed(settings.seed)
 
     tokenizer = load_tokenizer(task.policy)
-    reward_model = RewardModel.from_pretrained(task.reward_model, show_progress=False).to(device)
-    evaluate = Evaluator(task, tokenizer, reward_model, settings)
+    reward = load_reward(task, device)
+    evaluate = Evaluator(task, tokenizer, reward, settings)
 
     def report(point: dict) -> None:
         if not settings.quiet:
@@ -60,9 +62,9 @@ def train_and_measure(run: Run) -> dict:
             )
 
     curve = RewardCurve(evaluate.curve_point, settings.completions_per_checkpoint, stopwatch, report)
-    trained = TRAINERS[run.method](run, tokenizer, reward_model, curve)
+    trained = TRAINERS[run.method](run, tokenizer, reward, curve)
     wall_seconds, cpu_seconds = stopwatch.seconds(), stopwatch.cpu_seconds()
-    peak_mb = peak_memory_mb(device)
+    peak_mb = process_peak_mb(device)
 
     row = {
         "method": run.method,
@@ -87,26 +89,32 @@ def evaluate_start(task: ComparisonTask, settings: CompareArguments) -> dict:
     set_seed(settings.seed)
     tokenizer = load_tokenizer(task.policy)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward_model = RewardModel.from_pretrained(task.reward_model, show_progress=False).to(device)
     policy = AutoModelForCausalLM.from_pretrained(task.policy).to(device)
-    return Evaluator(task, tokenizer, reward_model, settings).final(policy)
+    return Evaluator(task, tokenizer, load_reward(task, device), settings).final(policy)
+
+
+def load_reward(task: ComparisonTask, device: str) -> Callable[..., list]:
+    """The reward every method trains on and is evaluated with: the task's rule, else its reward model."""
+    if task.reward_fn is not None:
+        return task.reward_fn
+    return RewardModel.from_pretrained(task.reward_model, show_progress=False).to(device)
 
 
 class Evaluator:
-    """The held-out evaluations every method gets alike: the same reward model, sampling settings and prompts."""
+    """The held-out evaluations every method gets alike: the same reward, sampling settings and prompts."""
 
-    def __init__(self, task: ComparisonTask, tokenizer, reward_model: RewardModel, settings: CompareArguments):
+    def __init__(self, task: ComparisonTask, tokenizer, reward: Callable[..., list], settings: CompareArguments):
         self.task, self.tokenizer, self.settings = task, tokenizer, settings
-        self.score = reward_function_scorer(reward_model)
+        self.score = reward_function_scorer(reward)
         self.generation_config = sampling_config(tokenizer, settings.max_completion_length, settings.temperature)
 
-    def _evaluate(self, model, prompts, chosen) -> dict:
+    def _evaluate(self, model, prompts, chosen, greedy: bool = False) -> dict:
         return evaluate_model(
             model,
             self.tokenizer,
             prompts,
             self.score,
-            self.generation_config,
+            greedy_config(self.generation_config) if greedy else self.generation_config,
             chosen=chosen,
             true_score=self.task.true_score,
             seed=self.settings.seed,
@@ -119,35 +127,18 @@ class Evaluator:
         return {name: results[name] for name in ("reward", "true_score", "perplexity") if name in results}
 
     def final(self, model) -> dict:
-        """The paper's Table 3 columns on the test prompts: `final_reward`, `true_score` and `perplexity` (None where
-        unknown), diversity and length."""
+        """The paper's Table 3 columns on the test prompts: `final_reward`, `greedy_reward`, `true_score` and
+        `perplexity` (None where unknown), diversity and length."""
         results = self._evaluate(model, self.task.test_prompts, self.task.test_chosen)
         return {
             "final_reward": results.pop("reward"),
+            # On a verifiable task also the greedy completion's accuracy, the figure reasoning papers report.
+            "greedy_reward": (
+                self._evaluate(model, self.task.test_prompts, None, greedy=True)["reward"]
+                if self.task.verifiable
+                else None
+            ),
             "true_score": results.pop("true_score", None),
             "perplexity": results.pop("perplexity", None),
             **results,
         }
-
-
-def resident_memory_mb() -> float:
-    """This process's resident memory now (MiB)."""
-    return _proc_status_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_memory_mb(device: str) -> float:
-    """This process's peak memory so far (MiB): the CUDA peak allocation on GPU, the peak resident set on CPU."""
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return _proc_status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
