@@ -89,6 +89,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(task="arithmetic", methods=["raft", "ppo"]), "leave ppo out"),
         (dict(task="arithmetic", dataset_name="some/data"), "leave out dataset_name"),
         (dict(kept_per_prompt=0), "kept_per_prompt"),
+        (dict(task="arithmetic", num_eval_prompts=200), "num_eval_prompts must be at most 150"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -263,7 +264,7 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
         assert row["peak_memory_mb"] > row["baseline_memory_mb"] > 0
 
     # The start's greedy reward is the greedy accuracy as evaluate_accuracy measures it, on the same problems.
-    test_problems = arithmetic_dataset("sums", num_train=256, num_test=12)["test"].select(range(4, 12))
+    test_problems = arithmetic_dataset("sums", num_train=250, num_test=12)["test"].select(range(4, 12))
     model, tokenizer = AutoModelForCausalLM.from_pretrained(smollm2_path), AutoTokenizer.from_pretrained(smollm2_path)
     expected = evaluate_accuracy(model, tokenizer, test_problems, num_samples=1, max_new_tokens=16)
     assert results["start"]["greedy_reward"] == expected["greedy_accuracy"]

@@ -245,6 +245,11 @@ class CompareArguments:
                 "reward_model_name_or_path.",
             )
             require(
+                self.num_eval_prompts <= 150,
+                f"num_eval_prompts must be at most 150 with task={self.task!r} (got {self.num_eval_prompts}): its "
+                "sums have 400 distinct problems, 250 of them for training.",
+            )
+            require(
                 "ppo" not in self.methods,
                 "methods: TRL's PPO needs a reward model and a value model, which the verifiable task does not "
                 "have; leave ppo out (benchmarks/real_scale_memory.py compares PPO's memory and time).",

@@ -15,7 +15,7 @@ from ..tasks.toy.pipeline import prepare_models
 from ..tasks.toy.world import make_world, true_score
 from .settings import CompareArguments
 
-ARITHMETIC_TRAIN_PROMPTS = 256
+ARITHMETIC_TRAIN_PROMPTS = 250  # of the 400 distinct sums: 150 left for the held-out prompts
 
 
 @dataclass
@@ -68,7 +68,7 @@ def load_task(args: CompareArguments) -> ComparisonTask:
 
 
 def verifiable_task(args: CompareArguments) -> ComparisonTask:
-    """The arithmetic task (`tasks/arithmetic.py`, sums of two numbers in 1..20): 256 training problems (drawn with
+    """The arithmetic task (`tasks/arithmetic.py`, sums of two numbers in 1..20): 250 training problems (drawn with
     the run's seed), `num_eval_prompts` held-out ones (fixed for every seed), the exact final number as reward."""
     args.model_name_or_path = resolve_model_name(args.model_name_or_path or SMOLLM2)
     data = arithmetic_dataset(
