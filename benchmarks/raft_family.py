@@ -16,7 +16,6 @@ the sampling entropy per stage) in `--output_dir`.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -67,6 +66,7 @@ def grpo_worker(seed: int, out: str) -> None:
     held-out problems every 8 steps (one completion each, as the RAFT runs after every stage)."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from raft_trainer.memory import process_peak_mb
     from raft_trainer.models import SMOLLM2, resolve_model_name
     from raft_trainer.reporting.console import quiet_dependencies
     from raft_trainer.rewards.rules import exact_answer_reward
@@ -117,7 +117,7 @@ def grpo_worker(seed: int, out: str) -> None:
         "curve": [{"completions": r["step"] * 32, "accuracy": r["eval_reward"]} for r in evals],
         "entropy": [r.get("entropy") for r in trainer.state.log_history if "entropy" in r and "eval_reward" not in r],
         "train_seconds": time.perf_counter() - start,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": process_peak_mb("cpu"),  # measured as for the RAFT runs
     }
     with open(os.path.join(out, "result.json"), "w", encoding="utf-8") as file:
         json.dump(result, file)

@@ -262,6 +262,7 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
         for key in ("final_reward", "greedy_reward"):  # accuracies on the 8 test problems: multiples of 1/8
             assert row[key] * 8 == pytest.approx(round(row[key] * 8)), (name, key)
         assert row["peak_memory_mb"] > row["baseline_memory_mb"] > 0
+        assert row["memory_over_baseline_mb"] == row["peak_memory_mb"] - row["baseline_memory_mb"]
 
     # The start's greedy reward is the greedy accuracy as evaluate_accuracy measures it, on the same problems.
     test_problems = arithmetic_dataset("sums", num_train=250, num_test=12)["test"].select(range(4, 12))
@@ -285,5 +286,6 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
 
     table = (output_dir / "comparison.md").read_text()
     assert "every reward below is an accuracy" in table and "| greedy reward |" in table
+    assert "| over the start (MB) |" in table
     for name in SOME_OF_THEM:
         assert f"| {name} |" in table

@@ -18,7 +18,6 @@ a flag; `--best_of_k true` turns the new selection off (best of K per prompt, wr
 """
 
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from trl import TrlParser
 
 from raft_trainer import RAFTConfig, RAFTTrainer
 from raft_trainer.files import write_json
+from raft_trainer.memory import process_peak_mb
 from raft_trainer.models import SMOLLM2, resolve_model_name
 from raft_trainer.reporting.console import quiet_dependencies
 from raft_trainer.rewards.rules import exact_answer_reward
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "after": after,
         "stages": stages,
         "seconds": time.perf_counter() - start,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": process_peak_mb("cpu"),  # RAFT resets the kernel's counter at each phase
     }
     if trainer.is_world_process_zero():
         write_json(os.path.join(args.output_dir, "summary.json"), summary)

@@ -16,6 +16,7 @@ COLUMNS = (
     ("distinct_2", "Distinct-2", "{:.3f}"),
     ("length", "length", "{:.1f}"),
     ("peak_memory_mb", "peak memory (MB)", "{:.0f}"),
+    ("memory_over_baseline_mb", "over the start (MB)", "{:.0f}"),
     ("wall_seconds", "wall time (s)", "{:.1f}"),
     ("cpu_seconds", "CPU time (s)", "{:.1f}"),
     ("completions", "completions", "{:d}"),

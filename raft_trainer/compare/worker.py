@@ -72,6 +72,7 @@ def train_and_measure(run: Run) -> dict:
         **evaluate.final(trained.model),
         "peak_memory_mb": peak_mb,
         "baseline_memory_mb": baseline_mb if device == "cpu" else None,
+        "memory_over_baseline_mb": peak_mb - baseline_mb if device == "cpu" else None,
         "wall_seconds": wall_seconds,
         "cpu_seconds": cpu_seconds,
         "completions": trained.completions,
