@@ -289,3 +289,41 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
     assert "| over the start (MB) |" in table
     for name in SOME_OF_THEM:
         assert f"| {name} |" in table
+
+
+def test_a_run_in_its_own_process_ends_when_the_comparison_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A parent that starts a run (here: one that writes its pid, then sleeps), as compare() does.
+    script = (
+        "import os, sys, time\n"
+        "from raft_trainer.compare.worker import run_in_own_process\n"
+        "def run(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    run_in_own_process(run, sys.argv[1])\n"
+    )
+    (tmp_path / "parent.py").write_text(script)
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(pid_file)])
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)  # what a scheduler or `kill -9` does: no handler runs in the parent
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the run went on after its parent was killed")

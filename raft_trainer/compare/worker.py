@@ -6,8 +6,11 @@ measurements reset the counters, and it remembers the peaks from before each res
 """
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 
 import torch
@@ -28,9 +31,20 @@ from .task import ComparisonTask
 
 
 def run_in_own_process(function, *args):
-    """`function(*args)` in a fresh spawned process; its result (or exception) comes back."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    """`function(*args)` in a fresh spawned process; its result (or exception) comes back. The process ends with
+    its parent: a comparison stopped with SIGTERM or SIGKILL leaves no run training on."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=end_with_parent) as pool:
         return pool.submit(function, *args).result()
+
+
+def end_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (elsewhere: nothing)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def train_and_measure(run: Run) -> dict:
