@@ -221,10 +221,10 @@ def test_the_example_script_is_raft_compare():
     assert module.main is compare_cli.main
 
 
-# The verifiable task on the real model, at a tiny budget: 1 stage of 4 prompts x 4 = 16 completions per method.
+# The verifiable task on the real model, at a tiny budget: 1 stage of 8 prompts x 4 = 32 completions per method.
 ARITHMETIC = [
-    "--task", "arithmetic", "--num_stages", "1", "--prompts_per_stage", "4", "--num_generations", "4",
-    "--completions_per_update", "8", "--per_device_train_batch_size", "4", "--max_completion_length", "16",
+    "--task", "arithmetic", "--num_stages", "1", "--prompts_per_stage", "8", "--num_generations", "4",
+    "--completions_per_update", "16", "--per_device_train_batch_size", "4", "--max_completion_length", "16",
     "--samples_per_stage", "4", "--num_eval_prompts", "12", "--num_curve_prompts", "4", "--quiet", "true",
 ]  # fmt: skip
 # RAFT++ and Reinforce-Rej are RAFT's code path with another loss, RLOO is GRPO's (the miniature world runs both).
@@ -257,8 +257,8 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
     assert list(results["methods"]) == SOME_OF_THEM
     for name, row in results["methods"].items():
         assert "failed" not in row, (name, row.get("failed"))
-        assert row["completions"] == 16, name
-        assert [point["completions"] for point in row["curve"]] == [0, 16], name
+        assert row["completions"] == 32, name
+        assert [point["completions"] for point in row["curve"]] == [0, 32], name
         for key in ("final_reward", "greedy_reward"):  # accuracies on the 8 test problems: multiples of 1/8
             assert row[key] * 8 == pytest.approx(round(row[key] * 8)), (name, key)
         assert row["peak_memory_mb"] > row["baseline_memory_mb"] > 0
