@@ -4,8 +4,9 @@ One stage's worth of sampling on the real model: 32 arithmetic prompts x 8 sampl
 SmolLM2-135M-Instruct. Plain `generate` is tried with several sequences per call (batch size), both attention
 implementations, and with `--static_cache` a static KV cache (with `torch.compile` of the forward pass when
 `--compile` is given); RAFT's own path (`sequences.generate_completions`, what `RAFTTrainer` calls, at its default
-`generation_batch_size`) is timed in the same process, the repetitions of all configurations interleaved so that
-drift hits all alike. Reported: completions/s, generated tokens/s (up to each completion's eos) and the ratio to
+`generation_batch_size`: each prompt encoded once and its key-value cache copied for its 8 samples, where plain
+`generate` encodes it 8 times) is timed in the same process, the repetitions of all configurations interleaved so
+that drift hits all alike. Reported: completions/s, generated tokens/s (up to each completion's eos) and the ratio to
 the fastest.
 
     python benchmarks/generation_throughput.py --repeats 2                   # about 5 minutes on 2 cores

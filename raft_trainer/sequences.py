@@ -1,6 +1,7 @@
 """Language-model helpers: prompt tokenization, sampling settings, sampling, log-probs and the SFT example format."""
 
 import copy
+import inspect
 import logging
 
 import torch
@@ -101,11 +102,11 @@ def generate_completions(
 ) -> list[list[int]]:
     """Sample `num_return_sequences` completions per prompt, prompt-major, each cut after its first eos token.
 
-    Prompts are left-padded and batched so that a batch holds about `batch_size` sequences; each prompt is encoded
-    once per batch. The model is put in eval mode for generation and restored afterwards.
+    Prompts are left-padded and batched so that a batch holds about `batch_size` sequences. Each prompt is encoded
+    once, not once per sample (`prompt_cache`). The model is put in eval mode for generation and restored
+    afterwards.
     """
     generation_config = copy.copy(generation_config)
-    generation_config.num_return_sequences = num_return_sequences
     eos_token_ids = torch.tensor(generation_config.eos_token_id, device=model.device).view(-1)
     prompts_per_batch = max(1, batch_size // num_return_sequences)
     with eval_mode(model):
@@ -116,13 +117,56 @@ def generate_completions(
             batch = [torch.tensor(ids) for ids in prompt_ids[start : start + prompts_per_batch]]
             input_ids = pad(batch, padding_value=generation_config.pad_token_id, padding_side="left").to(model.device)
             attention_mask = pad([torch.ones_like(ids) for ids in batch], padding_side="left").to(model.device)
+            cache = prompt_cache(model, input_ids, attention_mask, num_return_sequences, generation_config)
+            if cache:
+                # Each prompt already sits in the cache once per sample: generate continues every row as it is.
+                input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+                attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+                generation_config.num_return_sequences = 1
+            else:
+                generation_config.num_return_sequences = num_return_sequences
             sequences = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config, **cache
             )
             completions.extend(strip_after_eos(sequences[:, input_ids.shape[1] :], eos_token_ids))
     return completions
+
+
+def prompt_cache(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_return_sequences: int,
+    generation_config: GenerationConfig,
+) -> dict:
+    """The key-value cache of a left-padded batch of prompts but their last token, computed once per prompt and
+    repeated for each of its samples, as the keyword `generate` takes it; {} where it does not apply.
+
+    `generate` copies each prompt num_return_sequences times before its first forward pass, so a prompt is encoded
+    once per sample: with 8 samples of 16 tokens from 40-token prompts, that encoding was most of the sampling time
+    on a CPU. The last token is left out because `generate` needs one to predict the first new token from; the
+    positions are those `generate` derives from the attention mask, so the samples are the same.
+    """
+    if num_return_sequences == 1 or input_ids.shape[1] < 2 or generation_config.cache_implementation is not None:
+        return {}
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's forward
+    parameters = inspect.signature(base_model.forward).parameters
+    # transformers 5 names the cache `cache`; earlier versions `past_key_values`.
+    keyword = next((name for name in ("cache", "past_key_values") if name in parameters), None)
+    if keyword is None or generation_config.use_cache is False:
+        return {}
+    inputs = {"input_ids": input_ids[:, :-1], "attention_mask": attention_mask[:, :-1], "use_cache": True}
+    if "position_ids" in parameters:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        inputs["position_ids"] = position_ids[:, :-1]
+    if "logits_to_keep" in parameters:  # the logits of the prompt are not needed
+        inputs["logits_to_keep"] = 1
+    outputs = model(**inputs)
+    cache = outputs.get(keyword)
+    if not hasattr(cache, "batch_repeat_interleave"):  # a model whose forward returns no `Cache` object
+        return {}
+    cache.batch_repeat_interleave(num_return_sequences)
+    return {keyword: cache}
 
 
 def strip_after_eos(completions: torch.Tensor, eos_token_ids: torch.Tensor) -> list[list[int]]:

@@ -1,0 +1,100 @@
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from trl.trainer.utils import pad
+
+from raft_trainer.sequences import generate_completions, strip_after_eos
+
+from .helpers import NO_DROPOUT
+
+PROMPTS = ["say something", "tell me a word please", "tell me", "say a word"]  # different lengths: left padding
+
+
+def tiny_llama(tokenizer) -> LlamaForCausalLM:
+    """The real model's architecture in small: grouped-query attention, rotary positions."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def sampling(tokenizer) -> GenerationConfig:
+    return GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def plain_generate(model, prompt_ids, generation_config, num_return_sequences):
+    """`generate` as it comes: every prompt copied num_return_sequences times before its first forward pass."""
+    config = copy.copy(generation_config)
+    config.num_return_sequences = num_return_sequences
+    batch = [torch.tensor(ids) for ids in prompt_ids]
+    input_ids = pad(batch, padding_value=config.pad_token_id, padding_side="left")
+    attention_mask = pad([torch.ones_like(ids) for ids in batch], padding_side="left")
+    with torch.no_grad():
+        sequences = model.eval().generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    return strip_after_eos(sequences[:, input_ids.shape[1] :], torch.tensor([config.eos_token_id]))
+
+
+def encoded_rows(model) -> list[int]:
+    """Records the number of rows of each forward pass of `model` whose input is longer than one token (a prompt
+    being encoded, not a token being decoded)."""
+    rows = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: (
+            rows.append(kwargs["input_ids"].shape[0]) if kwargs["input_ids"].shape[1] > 1 else None
+        ),
+        with_kwargs=True,
+    )
+    return rows
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "llama with lora"])
+def test_each_prompt_is_encoded_once_and_the_samples_are_those_of_plain_generate(architecture, make_model, tokenizer):
+    if architecture == "gpt2":
+        model = make_model(**NO_DROPOUT)
+    else:
+        model = tiny_llama(tokenizer)
+    if architecture == "llama with lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    config = sampling(tokenizer)
+    torch.manual_seed(1)
+    expected = plain_generate(model, prompt_ids, config, 6)
+    rows = encoded_rows(model)
+    torch.manual_seed(1)
+    completions = generate_completions(model, prompt_ids, config, 6, batch_size=24, show_progress=False)
+    assert completions == expected
+    assert len(set(map(tuple, completions))) > len(PROMPTS)  # sampled, not one answer per prompt
+    assert rows == [len(PROMPTS)]  # one batch (24 // 6 prompts), each prompt encoded once, not 6 times
+
+
+def test_a_static_cache_or_one_sample_per_prompt_generates_as_plain_generate_does(make_model, tokenizer):
+    model = make_model(**NO_DROPOUT)
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    greedy = GenerationConfig(
+        do_sample=False, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    expected = plain_generate(model, prompt_ids, greedy, 1)
+    rows = encoded_rows(model)
+    assert generate_completions(model, prompt_ids, greedy, 1, 64, show_progress=False) == expected
+    static = sampling(tokenizer)
+    static.cache_implementation = "static"
+    generate_completions(model, prompt_ids, static, 3, 64, show_progress=False)
+    assert rows == [4, 12]  # no cache of its own for one sample or beside generate's static cache
