@@ -9,8 +9,9 @@ implementations, and with `--static_cache` a static KV cache (with `torch.compil
 that drift hits all alike. Reported: completions/s, generated tokens/s (up to each completion's eos) and the ratio to
 the fastest.
 
-    python benchmarks/generation_throughput.py --repeats 2                   # about 5 minutes on 2 cores
+    python benchmarks/generation_throughput.py --repeats 2                   # about 15 minutes on 2 cores
     python benchmarks/generation_throughput.py --repeats 2 --static_cache --compile
+    python benchmarks/generation_throughput.py --repeats 2 --only "sdpa, batch 64" "RAFT's"
 """
 
 import argparse
@@ -64,6 +65,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--static_cache", action="store_true", help="Also try the static KV cache.")
     parser.add_argument("--compile", action="store_true", help="Also try torch.compile with the static cache.")
+    parser.add_argument(
+        "--only", nargs="+", help='Run only the configurations whose name holds one of these, e.g. "sdpa, batch 64".'
+    )
     options = parser.parse_args()
     path = packaged_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -100,6 +104,8 @@ def main() -> None:
             models["sdpa"], prompt_ids, config, SAMPLES, b, show_progress=False
         )
 
+    if options.only:
+        runs = {name: run for name, run in runs.items() if any(part in name for part in options.only)}
     seconds = {name: [] for name in runs}
     tokens = {}
     for run in runs.values():  # a warm-up of each (and compilation) before anything is timed
