@@ -10,7 +10,7 @@ from raft_trainer.sequences import generate_completions, strip_after_eos
 
 from .helpers import NO_DROPOUT
 
-PROMPTS = ["say something", "tell me a word please", "tell me", "say a word"]  # different lengths: left padding
+PROMPTS = ["say something", "tell me a word please", "say", "say a word"]  # left padding; "say" is one token
 
 
 def tiny_llama(tokenizer) -> LlamaForCausalLM:
