@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
-from transformers.trainer_utils import IntervalStrategy
 from trl import TrlParser
 
 from .arguments import check_phase_arguments, check_raft_arguments
@@ -105,8 +104,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, RAFTConf
         return parser.parse_args_and_config(argv)
 
     script_args, args = parse({"output_dir": "runs/raft"})
-    if script_args.model_name_or_path is None and script_args.phase == "all":
-        script_args, args = parse(TOY_DEFAULTS)
+    if script_args.phase == "all":
+        # A whole run has held-out prompts: their reward is tracked after every stage, unless --eval_strategy (or
+        # the YAML config) says otherwise.
+        defaults = TOY_DEFAULTS if script_args.model_name_or_path is None else {"output_dir": "runs/raft"}
+        script_args, args = parse({**defaults, "eval_strategy": "epoch"})
     return script_args, args
 
 
@@ -152,8 +154,6 @@ def run(argv: list[str] | None = None) -> dict:
     candidate_dataset = None
     if script_args.candidate_dataset_name is not None:
         candidate_dataset = load_dataset(script_args.candidate_dataset_name, split=script_args.candidate_dataset_split)
-    if args.eval_strategy == IntervalStrategy.NO:  # held-out prompts exist: track their reward after every stage
-        args.eval_strategy, args.do_eval = IntervalStrategy.EPOCH, True
     trainer = RAFTTrainer(
         policy,
         reward_model,

@@ -27,13 +27,21 @@ import torch
 _MAX_LOG_RATIO = 20.0
 
 
-def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_mean(
+    values: torch.Tensor, mask: torch.Tensor, num_tokens: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """The mean of `values` [B, T] over the tokens where `mask` is set (0 when none is): verl's "token-mean".
-    Masked-out positions may hold anything, even NaN or inf, without reaching the result or its gradient."""
+    Masked-out positions may hold anything, even NaN or inf, without reaching the result or its gradient.
+
+    `num_tokens`: divide the masked sum by this instead of the batch's own token count. A batch that is one
+    micro-batch of several accumulated into one optimizer step passes the token count of all of them, so that the
+    micro-batches' losses add up to the token-mean of the whole step (as the Trainer's `num_items_in_batch` does for
+    a model's own loss), whatever their lengths."""
     mask = mask.bool()
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     # clamp instead of a branch: the empty batch gives 0 and gradients stay finite.
-    return total / mask.sum().clamp(min=1)
+    denominator = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, device=values.device)
+    return total / denominator.clamp(min=1)
 
 
 def selected_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -52,6 +60,7 @@ def clipped_policy_loss(
     epsilon_low: float,
     epsilon_high: float,
     dual_clip: float | None = None,
+    num_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss of RAFT++ and Reinforce-Rej: per token, with rho = exp(log_prob - old_log_prob),
 
@@ -61,6 +70,7 @@ def clipped_policy_loss(
     the sampling policy's, taken as constants; `advantages` is [B] (one per sequence, broadcast over its tokens) or
     [B, T]. With `dual_clip` = c (Minimal-RL and verl use 3), a token with a negative advantage has its loss capped at
     -A * c. The log-ratio is clamped to +-20 so exp cannot overflow; that changes nothing a clip range would keep.
+    `num_tokens` is `token_mean`'s: the token count of the whole accumulated batch when this is one micro-batch.
 
     Returns (loss, clip_fraction, ratio_mean): `clip_fraction` is the share of masked tokens whose clipped term is
     strictly larger than the unclipped one, that is where the clip is active and the token gives no gradient (verl's
@@ -79,7 +89,7 @@ def clipped_policy_loss(
     losses = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         losses = torch.where(advantages < 0, torch.minimum(losses, -advantages * dual_clip), losses)
-    loss = token_mean(losses, mask)
+    loss = token_mean(losses, mask, num_tokens)
     with torch.no_grad():
         clip_fraction = token_mean((clipped > unclipped).to(log_probs.dtype), mask)
         ratio_mean = token_mean(ratio, mask)

@@ -50,9 +50,17 @@ class RAFTConfig(StageConfig):
             +1 for an accepted and -1 for a rejected sample (the paper's rewards for verifiable answers), so that
             wrong answers are pushed down. Needs local ranking.
         epsilon (`float`, *optional*, defaults to `0.2`):
-            The lower clipping bound of the ratio (TRL's name), for `"raft++"` and `"reinforce_rej"`.
+            The lower clipping bound of the ratio (TRL's name), for `"raft++"` and `"reinforce_rej"`; in [0, 1).
         epsilon_high (`float` or `None`, *optional*, defaults to `None`):
             The upper clipping bound (clip-higher: 0.28); `None` uses `epsilon`.
+        dual_clip (`float` or `None`, *optional*, defaults to `None`):
+            Dual clip for `"raft++"` and `"reinforce_rej"`: a token with a negative advantage has its loss capped at
+            -A * dual_clip, so a sample the stage's policy found unlikely cannot push the loss without bound
+            (Minimal-RL's Reinforce-Rej and verl use 3.0). Must be > 1; `None` disables it.
+        disable_dropout (`bool` or `None`, *optional*, defaults to `None`):
+            Turn off the policy's dropout (TRL's name). The sampling log-probs are taken without dropout, so with it
+            on the ratio pi / pi_old is not 1 even on a stage's first step. `None`: on for `"raft++"` and
+            `"reinforce_rej"`, off for `"raft"` (whose SFT loss has no ratio).
         kl_loss_coef (`float`, *optional*, defaults to `0.0`):
             Weight of a KL loss to the initial model (the low-variance k3 estimator, per token); 0.001 in the
             paper's runs. A frozen reference is then loaded (or the adapter disabled under PEFT).
@@ -121,6 +129,16 @@ class RAFTConfig(StageConfig):
     epsilon_high: float | None = field(
         default=None, metadata={"help": "Upper clipping bound of the ratio (None: epsilon; clip-higher: 0.28)."}
     )
+    dual_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cap a negative-advantage token's loss at -A * dual_clip (> 1; Minimal-RL: 3.0; None: off)."
+        },
+    )
+    disable_dropout: bool | None = field(
+        default=None,
+        metadata={"help": "Turn off the policy's dropout (None: on for raft++ and reinforce_rej, off for raft)."},
+    )
     kl_loss_coef: float = field(default=0.0, metadata={"help": "Weight of a k3 KL loss to the initial model."})
     log_entropy: bool = field(
         default=False,
@@ -180,10 +198,19 @@ class RAFTConfig(StageConfig):
             self.loss_type in ("raft", "raft++", "reinforce_rej"),
             f"loss_type must be 'raft', 'raft++' or 'reinforce_rej' (got {self.loss_type!r}).",
         )
-        require(self.epsilon >= 0, f"epsilon must be >= 0 (got {self.epsilon}).")
+        require(
+            0 <= self.epsilon < 1,
+            f"epsilon must be in [0, 1) (got {self.epsilon}): the ratio is clipped below at 1 - epsilon, which must "
+            "stay above 0 for the lower clip to act; 0.2 is the usual value.",
+        )
         require(
             self.epsilon_high is None or self.epsilon_high >= 0,
             f"epsilon_high must be >= 0 or None (got {self.epsilon_high}).",
+        )
+        require(
+            self.dual_clip is None or self.dual_clip > 1,
+            f"dual_clip must be > 1 or None (got {self.dual_clip}): it caps the loss of a negative-advantage token at "
+            "-A * dual_clip, above the clipped ratio's 1 + epsilon_high (Minimal-RL: 3.0).",
         )
         require(self.kl_loss_coef >= 0, f"kl_loss_coef must be >= 0 (got {self.kl_loss_coef}); 0 disables it.")
         if self.loss_type == "reinforce_rej":
@@ -191,6 +218,17 @@ class RAFTConfig(StageConfig):
                 self.ranking == "local" and self.kept_per_prompt == 1,
                 "loss_type='reinforce_rej' keeps every candidate of the prompts whose rewards differ: use "
                 "ranking='local' and kept_per_prompt=1.",
+            )
+            require(
+                self.num_generations >= 2,
+                f"loss_type='reinforce_rej' with num_generations={self.num_generations}: a prompt needs at least two "
+                "candidates to have rewards that differ; set num_generations >= 2 (the paper: 4 or more).",
+            )
+            require(
+                self.beta == 0,
+                f"loss_type='reinforce_rej' with beta={self.beta}: Reinforce-Rej trains on every candidate of its "
+                "prompts and ranks none, so the KL-penalised ranking score would go unused; set beta=0, or "
+                "kl_loss_coef > 0 for a KL loss to the initial model.",
             )
         require(
             self.candidate_source in ("model", "dataset", "both"),
@@ -215,6 +253,11 @@ class RAFTConfig(StageConfig):
     def selection_rule(self) -> str:
         """'mixed_groups' for Reinforce-Rej (every candidate of the prompts whose rewards differ), else 'rank'."""
         return "mixed_groups" if self.loss_type == "reinforce_rej" else "rank"
+
+    @property
+    def dropout_disabled(self) -> bool:
+        """Whether the policy's dropout is turned off: `disable_dropout`, or by default for the clipped losses."""
+        return self.uses_policy_ratio if self.disable_dropout is None else self.disable_dropout
 
     @property
     def uses_policy_ratio(self) -> bool:

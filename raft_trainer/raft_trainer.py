@@ -6,6 +6,7 @@ the mean negative log-likelihood over completion tokens (`reference.sft_loss`).
 """
 
 import copy
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,7 +32,9 @@ from .sequences import (
     candidate_generation_config,
     completion_reward_inputs,
     completion_token_log_probs,
+    disable_dropout,
     generate_completions,
+    left_padded,
     load_tokenizer,
     per_token_log_probs,
     sft_example,
@@ -74,7 +77,9 @@ class RAFTTrainer(StageTrainer):
             from (prompt engineering: generate from x~, train on x); the policy is still trained on the original.
     """
 
-    distinct_column = "completion"  # with kept_per_prompt > 1, a prompt keeps distinct completions only
+    # With kept_per_prompt > 1 a prompt keeps distinct completions only: an ended and a truncated completion of the
+    # same text differ (one ends with the end-of-sequence token), and are trained on as such.
+    distinct_columns = ("completion", "truncated")
 
     def __init__(
         self,
@@ -122,6 +127,9 @@ class RAFTTrainer(StageTrainer):
         if model_id is not None:
             model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
 
+        if args.dropout_disabled:
+            # The sampling log-probs are taken without dropout; with it on in training the ratio would not start at 1.
+            disable_dropout(model)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         # The reference model is the frozen initial policy; it is only needed for the KL-penalised score and the KL
@@ -207,15 +215,19 @@ class RAFTTrainer(StageTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
-        candidates = self.gathered_candidates(prompt_indices)
+        return self.gathered_candidates(prompt_indices)
+
+    def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
+        scored = super().scored_candidates(candidates, columns)
         if self.args.uses_policy_ratio or self.args.log_entropy:
-            # pi_old: the policy at the stage's start, which sampled it; one batched forward, no second model.
+            # pi_old: the policy at the stage's start, which sampled it; one batched forward, no second model. Taken
+            # after the sample filter, which may have replaced completions, so that they are the trained tokens'.
             policy = self.accelerator.unwrap_model(self.model)
             examples = self.sft_examples(candidates, range(len(candidates["completion_ids"])))
             candidates["old_log_probs"], candidates["entropy"] = per_token_log_probs(
                 policy, examples, self.data_collator, self.log_prob_batch_size, self.args.temperature
             )
-        return candidates
+        return scored
 
     def gathered_candidates(self, prompt_indices: list[int]) -> Candidates:
         """The policy's samples of the prompts, and their completions from the candidate dataset if there is one."""
@@ -335,7 +347,7 @@ class RAFTTrainer(StageTrainer):
         """log p(completion | prompt) of each example under `model`: the sum of its completion tokens' log-probs."""
         with eval_mode(model):
             sums = []
-            batch_size = self.args.generation_batch_size
+            batch_size = self.log_prob_batch_size  # full-vocabulary logits: a training batch's worth at a time
             for start in range(0, len(examples), batch_size):
                 token_log_probs, mask = completion_token_log_probs(
                     model, self.data_collator(examples[start : start + batch_size])
@@ -364,12 +376,15 @@ class RAFTTrainer(StageTrainer):
         examples = self.sft_examples(candidates, kept_indices)
         if self.args.uses_policy_ratio:
             for example, i in zip(examples, kept_indices):
-                padding = [0.0] * (len(example["input_ids"]) - len(candidates["old_log_probs"][i]))
-                example["old_log_probs"] = padding + candidates["old_log_probs"][i]
+                example["old_log_probs"] = left_padded(candidates["old_log_probs"][i], len(example["input_ids"]))
                 example["advantages"] = self.advantage(candidates["reward"][i])
         if self.args.kl_loss_coef > 0:
-            for example, log_probs in zip(examples, self.reference_log_probs(examples)):
-                example["ref_log_probs"] = [0.0] * (len(example["input_ids"]) - len(log_probs)) + log_probs
+            # Every process computes its share of the kept set; all of them train on the whole of it.
+            share = self.process_share(examples)
+            for example, log_probs in zip(
+                examples, itertools.chain(*gather_object([self.reference_log_probs(share)]))
+            ):
+                example["ref_log_probs"] = left_padded(log_probs, len(example["input_ids"]))
         return examples
 
     def advantage(self, reward: float) -> float:
@@ -409,23 +424,35 @@ class RAFTTrainer(StageTrainer):
         if args.uses_policy_ratio:
             logits = logits / args.temperature  # the distribution the stage was sampled from
         log_probs = losses.selected_token_log_probs(logits, labels)
+        # Normalised as the Trainer normalises a model's own loss: by the completion tokens of every micro-batch of
+        # the optimizer step (`num_items_in_batch`), so that neither gradient accumulation nor how the kept set falls
+        # into batches changes the update. Without it (a model that takes no loss keywords) each micro-batch is a
+        # token mean, which the Trainer divides by the accumulation steps.
+        num_tokens = num_items_in_batch
         if args.uses_policy_ratio:
             epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
             loss, clip_fraction, ratio_mean = losses.clipped_policy_loss(
-                log_probs, extras["old_log_probs"][:, 1:], extras["advantages"], mask, args.epsilon, epsilon_high
+                log_probs,
+                extras["old_log_probs"][:, 1:],
+                extras["advantages"],
+                mask,
+                args.epsilon,
+                epsilon_high,
+                dual_clip=args.dual_clip,
+                num_tokens=num_tokens,
             )
             self._loss_metrics["clip_fraction"].append(clip_fraction.item())
             self._loss_metrics["ratio_mean"].append(ratio_mean.item())
         else:
-            loss = -losses.token_mean(log_probs, mask)
+            loss = -losses.token_mean(log_probs, mask, num_tokens)
         if args.kl_loss_coef > 0:
-            kl = losses.token_mean(losses.low_var_kl(log_probs, extras["ref_log_probs"][:, 1:]), mask)
-            loss = loss + args.kl_loss_coef * kl
-            self._loss_metrics["kl_loss"].append(kl.item())
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            # The Trainer leaves the division by the accumulation steps to a model's own loss when the model takes
-            # num_items_in_batch; this token mean is per micro-batch, so it is divided here.
-            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            kl = losses.low_var_kl(log_probs, extras["ref_log_probs"][:, 1:])
+            loss = loss + args.kl_loss_coef * losses.token_mean(kl, mask, num_tokens)
+            self._loss_metrics["kl_loss"].append(losses.token_mean(kl.detach(), mask).item())
+        if num_tokens is not None and args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            # The count is of every process's tokens and the processes' gradients are averaged: scaled back up, as
+            # the Trainer does for a model's own loss.
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -471,7 +498,7 @@ class RAFTTrainer(StageTrainer):
             metrics["completion_length_mean"] = sum(sampled_lengths) / len(sampled_lengths)
         if "source" in candidates:
             from_dataset = [source == "dataset" for source, is_kept in zip(candidates["source"], kept) if is_kept]
-            metrics["kept_from_dataset"] = sum(from_dataset) / len(from_dataset)
+            metrics["kept_from_dataset"] = sum(from_dataset) / max(1, len(from_dataset))
         if self.args.beta > 0:
             kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
             metrics["kl_mean"] = kl.mean().item()

@@ -154,13 +154,19 @@ def clipped_policy_loss(
     return float(np.mean(all_losses)), float(np.mean(all_clipped)), float(np.mean(all_ratios))
 
 
-def reinforce_rej_keep(rewards_per_group: Sequence[Sequence[float | None]]) -> list[bool]:
+def reinforce_rej_keep(
+    rewards_per_group: Sequence[Sequence[float | None]], threshold: float | None = None
+) -> list[bool]:
     """Reinforce-Rej's prompt filter (Xiong et al. 2025): a group is kept when its rewards are not all
     equal, so prompts whose samples are all correct or all wrong are dropped. Candidates without a reward (None or
-    NaN) are left out of the comparison; a group with fewer than two rewards has nothing to compare and is dropped."""
+    NaN) are left out of the comparison; a group with fewer than two rewards has nothing to compare and is dropped.
+    With `threshold`, a group is judged by its verdicts instead (accepted: reward >= threshold; rejected: below), so
+    a group whose samples all pass, with different graded rewards, is dropped too: its advantages are all +1."""
     kept = []
     for group_rewards in rewards_per_group:
         valid = [reward for reward in group_rewards if _has_reward(reward)]
+        if threshold is not None:
+            valid = [reward >= threshold for reward in valid]
         kept.append(len(valid) > 1 and min(valid) != max(valid))
     return kept
 

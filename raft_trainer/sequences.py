@@ -1,5 +1,6 @@
 """Language-model helpers: prompt tokenization, sampling settings, sampling, log-probs and the SFT example format."""
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -10,7 +11,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 from trl.data_utils import is_conversational, maybe_apply_chat_template
-from trl.trainer.utils import pad, selective_log_softmax
+from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softmax
 
 from .losses import entropy_from_logits
 from .memory import eval_mode
@@ -25,6 +26,15 @@ def load_tokenizer(name_or_path: str, tokenizer=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def disable_dropout(model: PreTrainedModel) -> None:
+    """Turn off every dropout of `model`: TRL's `disable_dropout_in_model` for the `nn.Dropout` modules, and the
+    attention dropout rate that Llama-style attention keeps as a plain number."""
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")  # what a forward pass of the policy takes
@@ -71,6 +81,13 @@ def per_token_log_probs(
     return log_probs, entropies
 
 
+def left_padded(completion_values: list[float], length: int) -> list[float]:
+    """Per-completion-token values placed under the completion of a sequence of `length` tokens (0 before it)."""
+    if len(completion_values) > length:
+        raise ValueError(f"{len(completion_values)} completion-token values for a sequence of {length} tokens.")
+    return [0.0] * (length - len(completion_values)) + completion_values
+
+
 class PolicyLossCollator:
     """The SFT collator's batch (`input_ids`, `attention_mask`, `labels`) plus what the clipped and KL losses need:
     `old_log_probs` / `ref_log_probs` padded like the labels (0 outside completions) and one `advantages` per
@@ -109,7 +126,7 @@ def generate_completions(
     generation_config = copy.copy(generation_config)
     eos_token_ids = torch.tensor(generation_config.eos_token_id, device=model.device).view(-1)
     prompts_per_batch = max(1, batch_size // num_return_sequences)
-    with eval_mode(model):
+    with eval_mode(model), only_given_settings(model):
         completions = []
         for start in tqdm(
             range(0, len(prompt_ids), prompts_per_batch), desc="Generating", disable=not show_progress, leave=False
@@ -132,6 +149,31 @@ def generate_completions(
     return completions
 
 
+# What `generate` may still take from a model's own generation_config: how the key-value cache is kept, which
+# changes the speed and not the samples. Everything else comes from the config `generate_completions` is given.
+CACHE_SETTINGS = ("cache_implementation", "cache_config", "compile_config")
+
+
+@contextlib.contextmanager
+def only_given_settings(model: PreTrainedModel):
+    """Within the block, `generate` samples with the settings it is given and none of the model's own.
+
+    `generate` fills every field its config leaves unset from the model's generation_config, and checkpoints ship
+    sampling settings there (Qwen2.5-Instruct `repetition_penalty=1.05`, others `no_repeat_ngram_size`, `min_p`).
+    The samples would then come from a processed distribution while the policy-ratio losses and the evaluations take
+    them to be softmax(logits / temperature); so the model's config is swapped for one holding its cache settings
+    only, and put back afterwards.
+    """
+    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # where a peft model generates
+    own = hf_model.generation_config
+    kept = {name: getattr(own, name) for name in CACHE_SETTINGS if getattr(own, name, None) is not None}
+    hf_model.generation_config = GenerationConfig(**kept)
+    try:
+        yield
+    finally:
+        hf_model.generation_config = own
+
+
 def prompt_cache(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -147,9 +189,12 @@ def prompt_cache(
     sampling time on a CPU. The last token is left out because `generate` needs one to predict the first new token
     from; the positions are those `generate` derives from the attention mask, so the samples are the same.
     """
-    if num_return_sequences == 1 or input_ids.shape[1] < 2 or generation_config.cache_implementation is not None:
-        return {}
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's forward
+    # A cache `generate` makes itself (a static one, say, named in the model's own generation_config too) cannot be
+    # handed a prefilled one.
+    cache_implementation = generation_config.cache_implementation or base_model.generation_config.cache_implementation
+    if num_return_sequences == 1 or input_ids.shape[1] < 2 or cache_implementation is not None:
+        return {}
     parameters = inspect.signature(base_model.forward).parameters
     # transformers 5 names the cache `cache`; earlier versions `past_key_values`.
     keyword = next((name for name in ("cache", "past_key_values") if name in parameters), None)

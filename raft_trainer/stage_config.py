@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -80,6 +81,11 @@ class StageConfig(TrainingArguments):
             as a `stage_samples` table to Weights & Biases and trackio when they are in `report_to`.
         num_completions_to_print (`int` or `None`, *optional*, defaults to `None`):
             How many kept samples `log_completions` prints, drawn at random; `None` prints them all.
+        max_empty_stages (`int`, *optional*, defaults to `3`):
+            A stage that keeps nothing (no candidate reached `reward_threshold`, or every prompt's Reinforce-Rej
+            group was all right or all wrong) is passed over: logged with `num_kept` 0, its optimizer steps made
+            without any update, so the learning-rate schedule and resume stay as planned. The run stops with an
+            error when this many stages in a row keep nothing.
     """
 
     num_stages: int = field(default=4, metadata={"help": "T: number of generate, rank and fine-tune stages."})
@@ -121,6 +127,9 @@ class StageConfig(TrainingArguments):
     num_completions_to_print: int | None = field(
         default=None, metadata={"help": "How many kept samples `log_completions` prints (None: all)."}
     )
+    max_empty_stages: int = field(
+        default=3, metadata={"help": "Stop with an error when this many stages in a row keep nothing."}
+    )
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log; 'epoch' logs once per RAFT stage."})
 
     def __post_init__(self):
@@ -134,6 +143,12 @@ class StageConfig(TrainingArguments):
             self.ranking in ("local", "global"),
             f"ranking must be 'local' or 'global' (got {self.ranking!r}).",
         )
+        require(
+            self.reward_threshold is None or math.isfinite(self.reward_threshold),
+            f"reward_threshold must be a finite number or None (got {self.reward_threshold}): no reward passes a NaN "
+            "threshold; set None to keep the best candidates by rank.",
+        )
+        require(self.max_empty_stages >= 1, f"max_empty_stages must be >= 1 (got {self.max_empty_stages}).")
         require(
             self.kept_per_prompt >= 1,
             f"kept_per_prompt must be >= 1 (got {self.kept_per_prompt}); num_generations keeps every accepted one.",

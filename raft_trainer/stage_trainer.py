@@ -13,6 +13,7 @@ the kept ones into training examples.
 """
 
 import itertools
+import logging
 import math
 import os
 import signal
@@ -39,7 +40,7 @@ from .reporting.stage_table import StageTableCallback
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 from .stages import Candidates, selection
-from .stages.batches import StageBatches
+from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.metrics import acceptance_metrics
 from .stages.prompts import contiguous_share, stage_prompt_indices
@@ -61,7 +62,7 @@ class StageTrainer(Trainer):
     card_training = "on them with the SFT loss"  # how the model card says what the fine-tuning does
     card_usage = ""  # Markdown on how to load the result, with `{base_model}` where the base model's name goes
     base_model_name: str | None = None
-    distinct_column: str | None = None  # candidates equal in this column are one sample when several are kept
+    distinct_columns: tuple[str, ...] = ()  # candidates equal in all these are one sample when several are kept
 
     def __init__(
         self,
@@ -153,7 +154,7 @@ class StageTrainer(Trainer):
             eligible = ~torch.isnan(rewards)
             if getattr(args, "mask_truncated_completions", False):
                 eligible &= ~self.truncated(candidates)
-            kept = ~selection.equal_reward_groups(selection.exclude(rewards, ~eligible), groups)
+            kept = selection.mixed_groups(selection.exclude(rewards, ~eligible), groups, args.reward_threshold)
         else:
             kept = selection.select(
                 selection.exclude(scores, ~accepted),
@@ -164,14 +165,7 @@ class StageTrainer(Trainer):
                 duplicate_keys=self.duplicate_keys(candidates),
             )
         if not kept.any():
-            threshold = (
-                f" or fell below reward_threshold={args.reward_threshold}" if args.reward_threshold is not None else ""
-            )
-            raise RuntimeError(
-                f"stage {stage} kept no candidate: every candidate was filtered out, got no reward (None/NaN) from "
-                f"{self.reward_names}{threshold}. Raise num_generations or lower reward_threshold."
-            )
-
+            self.pass_over(stage, rewards, accepted, groups)
         if self.is_world_process_zero():
             rows = self.stage_rows(stage, candidates, rewards, rewards_per_func, kept_by_filter, kept)
             rows.update(self.write_stage_media(stage, candidates, rows))
@@ -192,10 +186,47 @@ class StageTrainer(Trainer):
             **memory,
         }
         candidates["reward"] = rewards.tolist()  # Reinforce-Rej's advantage, for the kept set's examples
-        examples = self.training_examples(candidates, kept.nonzero().view(-1).tolist())
+        examples = self.training_examples(candidates, kept.nonzero().view(-1).tolist()) if kept.any() else []
         clear_device_cache()
         self.phase_memory.start()  # the training phase's peak joins the stage's log record
         return examples
+
+    def pass_over(self, stage: int, rewards: torch.Tensor, accepted: torch.Tensor, groups: torch.Tensor) -> None:
+        """A stage that kept nothing trains on nothing: its optimizer steps run without a gradient, so they change
+        no weight and the learning-rate schedule, the step count and resume stay as planned. Said once, with the
+        counts; `max_empty_stages` such stages in a row stop the run, since then the task is out of reach."""
+        in_a_row = self.empty_stages_in_a_row() + 1
+        rewarded = int((~torch.isnan(rewards)).sum())
+        why = f"{rewarded} of {len(rewards)} candidates got a reward, {int(accepted.sum())} were accepted"
+        if self.args.reward_threshold is not None:
+            why += f" (reward >= reward_threshold={self.args.reward_threshold})"
+        if self.args.selection_rule == "mixed_groups":
+            why += f", and each of the {len(torch.unique(groups))} prompts' rewards were all equal (no contrast)"
+        if in_a_row >= self.args.max_empty_stages:
+            raise RuntimeError(
+                f"stage {stage} kept no candidate, the last of {in_a_row} such stages in a row (max_empty_stages="
+                f"{self.args.max_empty_stages}): {why}. The reward is out of the model's reach at these settings: "
+                "lower reward_threshold, raise num_generations, or start from a stronger model."
+            )
+        logging.getLogger(__name__).warning(
+            "Stage %d kept no candidate and is passed over (no update this stage; %d of max_empty_stages=%d in a "
+            "row): %s.",
+            stage,
+            in_a_row,
+            self.args.max_empty_stages,
+            why,
+        )
+
+    def empty_stages_in_a_row(self) -> int:
+        """How many stages just before this one kept nothing, read off the log history (so a resumed run counts
+        them too): every stage's record holds its `num_kept`."""
+        count = 0
+        for record in reversed(self.state.log_history):
+            if "num_kept" in record:
+                if record["num_kept"] > 0:
+                    break
+                count += 1
+        return count
 
     def generated_candidates(self, prompt_indices: list[int], prompts: list, positions: list[int]) -> dict:
         """This process's candidates of its prompts (`positions`: their places in the stage's draw), with the
@@ -244,12 +275,13 @@ class StageTrainer(Trainer):
         return torch.tensor(candidates.get("truncated", [False] * len(candidates["prompt"])), dtype=torch.bool)
 
     def duplicate_keys(self, candidates: Candidates) -> torch.Tensor | None:
-        """Equal ints for equal candidates (the same text in `distinct_column`), so that a prompt keeps distinct
+        """Equal ints for equal candidates (the same values in `distinct_columns`), so that a prompt keeps distinct
         completions only; None when the trainer names no such column."""
-        if self.distinct_column is None:
+        if not self.distinct_columns:
             return None
         keys: dict = {}
-        return torch.tensor([keys.setdefault(value, len(keys)) for value in candidates[self.distinct_column]])
+        rows = zip(*(candidates[name] for name in self.distinct_columns))
+        return torch.tensor([keys.setdefault(row, len(keys)) for row in rows])
 
     # ----------------------------------------------------------------------------------------------------------------
     # Nothing lost: the stage in flight on disk, stopping on a signal
@@ -485,17 +517,32 @@ class StageTrainer(Trainer):
         Every process draws the same order and takes its own slice of it, so one pass trains on each kept sample
         once across processes.
         """
+        if not examples:  # a stage passed over (see `pass_over`): steps without a gradient
+            yield from itertools.repeat(pass_over_batch())
         generator = torch.Generator().manual_seed(self.args.seed + stage)  # the same on every process
         batch_size = self.args.per_device_train_batch_size
+        processes = self.accelerator.num_processes
         while True:
             order = torch.randperm(len(examples), generator=generator).tolist()
-            shard = order[self.accelerator.process_index :: self.accelerator.num_processes]
+            if len(order) < processes:  # fewer kept samples than processes: cycled, so that every process has some
+                order = (order * processes)[:processes]
+            shard = order[self.accelerator.process_index :: processes]
             for start in range(0, len(shard), batch_size):
                 yield self.data_collator([examples[i] for i in shard[start : start + batch_size]])
 
     # ----------------------------------------------------------------------------------------------------------------
     # Trainer integration
     # ----------------------------------------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if PASS_OVER in inputs:
+            # No forward, no backward: every gradient stays None, so the optimizer step skips every parameter (no
+            # moment update, no weight decay) while the scheduler steps as planned.
+            return torch.zeros((), device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def floating_point_ops(self, inputs) -> int:
+        return 0 if PASS_OVER in inputs else super().floating_point_ops(inputs)
 
     def get_train_dataloader(self) -> DataLoader:
         # batch_size=None: the stage yields whole batches; no workers, since a stage generates with the model.

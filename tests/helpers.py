@@ -69,17 +69,18 @@ def completion_token_log_probs(model, prompt_ids: list[int], completion_ids: lis
     return token_log_probs[len(prompt_ids) - 1 :].tolist()
 
 
-def record_candidates(trainer) -> list[dict]:
-    """Spy on the trainer's generation: keep a copy of each stage's candidates."""
+def record_candidates(trainer, step: str = "generate") -> list[dict]:
+    """Spy on the trainer's generation (or, with `step="scored_candidates"`, on the candidates once scored, with
+    the columns scoring adds): keep a copy of each stage's candidates."""
     recorded = []
-    generate = trainer.generate
+    method = getattr(trainer, step)
 
     def spy(*args, **kwargs):
-        candidates = generate(*args, **kwargs)
-        recorded.append(copy.deepcopy(candidates))
-        return candidates
+        result = method(*args, **kwargs)
+        recorded.append(copy.deepcopy(result["candidates"] if step == "scored_candidates" else result))
+        return result
 
-    trainer.generate = spy
+    setattr(trainer, step, spy)
     return recorded
 
 

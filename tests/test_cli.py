@@ -75,6 +75,13 @@ def test_yaml_config_with_flags_overriding_it(tmp_path):
     assert script_args.model_name_or_path is None and args.output_dir == "runs/raft-toy"
 
 
+@pytest.mark.parametrize("model", [[], ["--model_name_or_path", "some/model"]], ids=["toy", "model"])
+def test_a_whole_run_evaluates_every_stage_unless_eval_strategy_says_no(model):
+    assert cli.parse_args(model)[1].eval_strategy == "epoch"
+    assert cli.parse_args([*model, "--eval_strategy", "no"])[1].eval_strategy == "no"
+    assert cli.parse_args([*model, "--eval_strategy", "steps", "--eval_steps", "3"])[1].eval_strategy == "steps"
+
+
 def test_real_models_need_a_reward_model_and_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="--reward_model_name_or_path and --dataset_name"):
         cli.run(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])

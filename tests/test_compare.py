@@ -98,6 +98,19 @@ def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, o
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
+def test_ppo_without_a_trl_that_has_it_is_refused_up_front_with_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl.experimental.ppo" else find_spec(name, *a)
+    )
+    with pytest.raises(ValueError, match=r'ppo needs TRL\'s PPO.*pip install "raft-trainer\[compare\]"'):
+        compare(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), methods=["raft", "ppo"])
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.ppo  # a check of what PPO needs, made once PPO itself is there
 def test_ppo_needs_a_reward_model_with_the_policys_tokenizer(tmp_path):
     word_tokenizer(["apple", "banana"]).save_pretrained(tmp_path / "policy")
     word_tokenizer(["cherry", "dog"]).save_pretrained(tmp_path / "reward")

@@ -15,13 +15,26 @@ from raft_trainer.diffusion.rewards import aesthetic as aesthetic_module
 from raft_trainer.diffusion.tiny import tiny_open_clip
 from raft_trainer.rewards import AestheticHead, AestheticScorer, CLIPScore, as_reward_functions, reward_function_name
 
-# The real LAION aesthetic-predictor weights: read from outside the repository, never copied into it.
-HEAD_FILE = Path(
+# The real LAION aesthetic-predictor weights, when they are on this machine: read from outside the repository (never
+# copied into it), from RAFT_AESTHETIC_HEAD_FILE or the project's shared assets folder beside the checkout.
+REAL_HEAD_FILE = Path(
     os.environ.get(
         "RAFT_AESTHETIC_HEAD_FILE",
         Path(__file__).resolve().parents[2] / "shared/assets/laion-aesthetic/sac+logos+ava1-l14-linearMSE.pth",
     )
 )
+# The upstream predictor's layers: (key index, inputs, outputs); dropout layers sit at the indices in between.
+UPSTREAM_LAYERS = [(0, 768, 1024), (2, 1024, 128), (4, 128, 64), (6, 64, 16), (7, 16, 1)]
+
+
+def made_state_dict() -> dict:
+    """Weights with the upstream file's keys and shapes, made here, so the maths is checked on any machine."""
+    generator = torch.Generator().manual_seed(0)
+    weights = {}
+    for index, inputs, outputs in UPSTREAM_LAYERS:
+        weights[f"layers.{index}.weight"] = torch.randn(outputs, inputs, generator=generator) / inputs**0.5
+        weights[f"layers.{index}.bias"] = torch.randn(outputs, generator=generator) * 0.1
+    return weights
 
 
 def upstream_mlp(state_dict: dict, embeddings: torch.Tensor) -> np.ndarray:
@@ -33,9 +46,25 @@ def upstream_mlp(state_dict: dict, embeddings: torch.Tensor) -> np.ndarray:
     return hidden[:, 0]
 
 
+@pytest.fixture(scope="module", params=["made", "real"])
+def head_file(request, tmp_path_factory) -> Path:
+    """A file of aesthetic-head weights: made in the test, and the real LAION file when it is here."""
+    if request.param == "made":
+        path = tmp_path_factory.mktemp("aesthetic") / "made-aesthetic-head.pth"
+        torch.save(made_state_dict(), path)
+        return path
+    if not REAL_HEAD_FILE.is_file():
+        pytest.skip(
+            f"the real LAION aesthetic weights are not at {REAL_HEAD_FILE}: to check them too, set "
+            "RAFT_AESTHETIC_HEAD_FILE to sac+logos+ava1-l14-linearMSE.pth (from "
+            "christophschuhmann/improved-aesthetic-predictor); the maths is checked with made weights either way"
+        )
+    return REAL_HEAD_FILE
+
+
 @pytest.fixture(scope="module")
-def state_dict():
-    return torch.load(HEAD_FILE, map_location="cpu", weights_only=True)
+def state_dict(head_file):
+    return torch.load(head_file, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture
@@ -64,25 +93,27 @@ def images():
     return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for height, width in sizes]
 
 
-def test_aesthetic_head_computes_the_upstream_mlp(head, state_dict):
+def test_aesthetic_head_computes_the_upstream_mlp(head, state_dict, head_file):
     embeddings = F.normalize(torch.randn(5, 768, generator=torch.Generator().manual_seed(0)), dim=-1)
     scores = head.eval()(embeddings)
     assert scores.shape == (5,)
     np.testing.assert_allclose(scores.detach().double().numpy(), upstream_mlp(state_dict, embeddings), atol=1e-4)
-    assert ((scores > 0) & (scores < 10)).all()
+    assert np.ptp(scores.detach().numpy()) > 1e-4  # the embeddings matter
+    if head_file == REAL_HEAD_FILE:
+        assert ((scores > 0) & (scores < 10)).all()  # the real predictor scores on LAION's 1-10 scale
 
 
-def test_aesthetic_head_loads_from_a_file_a_folder_or_the_hub(state_dict, monkeypatch):
+def test_aesthetic_head_loads_from_a_file_a_folder_or_the_hub(state_dict, head_file, monkeypatch):
     downloads = []
 
     def fake_download(repo_id, filename):
         downloads.append((repo_id, filename))
-        return str(HEAD_FILE)
+        return str(head_file)
 
     monkeypatch.setattr(aesthetic_module, "hf_hub_download", fake_download)
     heads = [
-        AestheticHead.from_pretrained(HEAD_FILE),
-        AestheticHead.from_pretrained(HEAD_FILE.parent, filename=HEAD_FILE.name),
+        AestheticHead.from_pretrained(head_file),
+        AestheticHead.from_pretrained(head_file.parent, filename=head_file.name),
     ]
     assert not downloads
     heads.append(AestheticHead.from_pretrained())
@@ -132,7 +163,7 @@ def test_aesthetic_scorer_records_no_gradients_and_moves_with_to(head, tiny_clip
     assert all(parameter.dtype == torch.float64 for parameter in scorer.parameters())
 
 
-def test_aesthetic_scorer_builds_openai_vit_l_14_with_quick_gelu_by_default(monkeypatch, images):
+def test_aesthetic_scorer_builds_openai_vit_l_14_with_quick_gelu_by_default(monkeypatch, images, head_file):
     calls = []
     model, preprocess, _ = tiny_open_clip(embed_dim=768)  # the head's input size, so no projection is needed
 
@@ -141,12 +172,12 @@ def test_aesthetic_scorer_builds_openai_vit_l_14_with_quick_gelu_by_default(monk
         return model, None, preprocess
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
-    scorer = AestheticScorer(head=HEAD_FILE)
+    scorer = AestheticScorer(head=head_file)
     assert calls == [("ViT-L-14", "openai", True)]  # OpenAI's weights were trained with QuickGELU
     scores = scorer(images=images)
     assert len(scores) == len(images) and all(np.isfinite(scores))
     with pytest.raises(ValueError, match="preprocess"):
-        AestheticScorer(head=HEAD_FILE, clip_model=scorer.clip_model)
+        AestheticScorer(head=head_file, clip_model=scorer.clip_model)
 
 
 def test_clip_score_is_100_times_the_cosine(tiny_clip, images):

@@ -98,6 +98,21 @@ def test_two_processes_rank_dataset_candidates_with_their_prompts_samples(tmp_pa
     assert_same_weights(output_dir)
 
 
+def test_two_processes_train_on_a_kept_set_of_one_sample(tmp_path):
+    # One kept sample for two processes: both get batches (the kept set is cycled) instead of one of them waiting
+    # forever in the gradient all-reduce; each process reads the reference log-probs of its share of the kept set.
+    output_dir = str(tmp_path / "one_kept")
+    launch_two_processes(output_dir, "one_kept")
+    for stage in range(2):
+        assert sum(row["selected"] for row in read_stage(output_dir, stage)) == 1
+    assert_same_weights(output_dir)
+    # 1 kept sample a stage, epochs_per_stage=1 x ceil(5 / (2 processes x batch 2)) = 2 steps a stage
+    steps = {open(os.path.join(output_dir, f"steps_rank{rank}.txt")).read() for rank in (0, 1)}
+    assert steps == {"4"}
+    rows = [int(open(os.path.join(output_dir, f"reference_rows_rank{rank}.txt")).read()) for rank in (0, 1)]
+    assert sorted(rows) == [0, 2]  # the one kept sample of each of the 2 stages, read once, not once a process
+
+
 def test_phases_split_over_two_processes_write_their_files_once(tmp_path):
     output_dir = str(tmp_path / "phases")
     launch_two_processes(output_dir, "phases")

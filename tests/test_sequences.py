@@ -98,3 +98,46 @@ def test_a_static_cache_or_one_sample_per_prompt_generates_as_plain_generate_doe
     static.cache_implementation = "static"
     generate_completions(model, prompt_ids, static, 3, 64, show_progress=False)
     assert rows == [4, 12]  # no cache of its own for one sample or beside generate's static cache
+
+
+def test_a_static_cache_named_by_the_model_itself_generates_as_plain_generate_does(make_model, tokenizer):
+    # A checkpoint whose generation_config asks for a static cache: the prefilled prompt cache cannot go beside it.
+    model = make_model(**NO_DROPOUT)
+    model.generation_config.cache_implementation = "static"
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    torch.manual_seed(2)
+    expected = plain_generate(model, prompt_ids, sampling(tokenizer), 3)
+    torch.manual_seed(2)
+    assert generate_completions(model, prompt_ids, sampling(tokenizer), 3, 64, show_progress=False) == expected
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama with lora"])
+def test_the_models_own_sampling_settings_do_not_leak_into_the_samples(architecture, make_model, tokenizer):
+    # Checkpoints ship sampling settings in their generation_config (Qwen2.5-Instruct: repetition_penalty=1.05);
+    # generate would apply them to every field its config leaves unset, so that the samples would no longer come
+    # from softmax(logits / temperature), the distribution the policy-ratio losses and evaluations assume.
+    def model():
+        plain = make_model(**NO_DROPOUT) if architecture == "gpt2" else tiny_llama(tokenizer)
+        if architecture != "gpt2":
+            lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            torch.manual_seed(3)
+            plain = get_peft_model(plain, lora)
+        return plain
+
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    greedy = GenerationConfig(
+        do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    results = []
+    for settings in ({}, dict(repetition_penalty=50.0, no_repeat_ngram_size=1, min_p=0.9, top_k=1)):
+        policy = model()
+        hf_model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        for name, value in settings.items():
+            setattr(hf_model.generation_config, name, value)
+        torch.manual_seed(4)
+        sampled = generate_completions(policy, prompt_ids, sampling(tokenizer), 4, 64, show_progress=False)
+        results.append((sampled, generate_completions(policy, prompt_ids, greedy, 1, 64, show_progress=False)))
+        assert all(getattr(hf_model.generation_config, name) == value for name, value in settings.items())
+    assert results[0] == results[1]
+    # the settings would have changed the samples: repeated tokens are what no_repeat_ngram_size=1 forbids
+    assert any(len(set(ids)) < len(ids) for ids in results[0][0])

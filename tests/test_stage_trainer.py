@@ -78,15 +78,17 @@ def test_reward_weights_must_match_the_reward_functions(make_model, tokenizer, p
         )
 
 
-def test_a_stage_where_nothing_gets_a_reward_fails_clearly(make_model, tokenizer, prompts, make_args):
+def test_stages_where_nothing_gets_a_reward_are_passed_over_until_too_many_fail_clearly(
+    make_model, tokenizer, prompts, make_args
+):
     trainer = RAFTTrainer(
         make_model(),
         lambda completions, **kw: [None] * len(completions),
-        args=make_args(),
+        args=make_args(max_empty_stages=1),
         train_dataset=prompts,
         processing_class=tokenizer,
     )
-    with pytest.raises(RuntimeError, match="stage 0 kept no candidate"):
+    with pytest.raises(RuntimeError, match="stage 0 kept no candidate.*0 of 16 candidates got a reward"):
         trainer.train()
 
 

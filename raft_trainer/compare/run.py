@@ -27,6 +27,7 @@ def compare(args: CompareArguments | None = None, **overrides) -> dict:
         args = replace(args, **overrides)
     args.validate()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    args.check_methods_installed()
     say = (lambda *_, **__: None) if args.quiet else print
     task = load_task(args)
     start = run_in_own_process(evaluate_start, task, args)

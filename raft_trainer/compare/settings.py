@@ -1,5 +1,7 @@
 """What a comparison runs: the shared budget and settings of every method, checked before anything expensive."""
 
+import importlib.metadata
+import importlib.util
 import os
 from dataclasses import dataclass, field, replace
 
@@ -270,6 +272,17 @@ class CompareArguments:
                     raise ValueError(f"ablation_values: {value:g} is not a valid {self.ablation}: {error}") from None
         else:
             require(self.ablation_values is None, "ablation_values needs --ablation K, temperature or beta.")
+
+    def check_methods_installed(self) -> None:
+        """Refuse, before anything is loaded, a method this environment cannot run: PPO needs trl 1.0 to 1.12."""
+        methods = {method for _, method, _ in self.runs()}
+        require(
+            "ppo" not in methods or importlib.util.find_spec("trl.experimental.ppo") is not None,
+            f"methods: ppo needs TRL's PPO (trl.experimental.ppo), which only trl 1.0 to 1.12 have; this "
+            f"environment has trl {importlib.metadata.version('trl')}. Install it with "
+            'pip install "raft-trainer[compare]" (from a clone: pip install -e ".[compare]"), or leave ppo out of '
+            "--methods.",
+        )
 
     def ablated_values(self) -> tuple[float, ...]:
         _, _, paper_values = ABLATIONS[self.ablation]

@@ -3,7 +3,17 @@
 import itertools
 from collections.abc import Iterator
 
+import torch
 from torch.utils.data import IterableDataset
+
+# The key of the batches a stage that kept nothing serves the Trainer in place of training batches: the trainer
+# makes its steps without a forward or a gradient, so they change no weight while the schedule goes on.
+PASS_OVER = "raft_pass_over"
+
+
+def pass_over_batch() -> dict[str, torch.Tensor]:
+    """A batch that stands for no training example (its one tensor says so to the Trainer's bookkeeping)."""
+    return {PASS_OVER: torch.zeros(1, 0, dtype=torch.long)}
 
 
 class StageBatches(IterableDataset):

@@ -66,6 +66,17 @@ def equal_reward_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Te
     return ~contrasted[group_index] | ~valid
 
 
+def mixed_groups(rewards: torch.Tensor, groups: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Reinforce-Rej's kept mask [N] (the twin of `reference.reinforce_rej_keep`): every rewarded candidate of the
+    groups whose rewards differ. With `threshold`, groups are judged by accepted (reward >= threshold) against
+    rejected, since those verdicts, +1 and -1, are then the advantages: a group that passes whole has no contrast,
+    however its graded rewards differ."""
+    if threshold is not None:
+        verdicts = (rewards >= threshold).to(rewards.dtype)
+        rewards = torch.where(torch.isnan(rewards), rewards, verdicts)
+    return ~equal_reward_groups(rewards, groups)
+
+
 def select(
     scores: torch.Tensor,
     ranking: str,

@@ -25,9 +25,16 @@ def share_of_apple(prompts, completions, **kwargs):
     return [text.split().count("apple") / max(1, len(text.split())) for text in completions]
 
 
+def one_right_answer(completions, **kwargs):
+    # 1 for the first candidate process 0 scores, 0 for every other: with reward_threshold=1 a stage keeps one.
+    first = os.environ["RANK"] == "0"
+    return [float(first and i == 0) for i in range(len(completions))]
+
+
 def main(output_dir: str, mode: str) -> None:
-    """`mode`: "local" or "global" ranking, "local+dataset" (local ranking with `EXPERT` as candidate dataset), or
-    "phases" (stage 0 as three separate phases, local ranking)."""
+    """`mode`: "local" or "global" ranking, "local+dataset" (local ranking with `EXPERT` as candidate dataset),
+    "phases" (stage 0 as three separate phases, local ranking), or "one_kept" (RAFT++ with a KL loss, each stage
+    keeping a single sample for the two processes)."""
     tokenizer = word_tokenizer(WORDS)
     torch.manual_seed(0)
     model = tiny_causal_lm(tokenizer, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -48,6 +55,8 @@ def main(output_dir: str, mode: str) -> None:
         disable_tqdm=True,
         seed=0,
     )
+    if mode == "one_kept":
+        args = RAFTConfig(**{**args.to_dict(), "loss_type": "raft++", "kl_loss_coef": 0.1, "reward_threshold": 1.0})
     prompts = Dataset.from_dict({"prompt": PROMPTS})
     if mode == "phases":
         generate_phase(model, args, prompts, 0, processing_class=tokenizer)
@@ -57,14 +66,21 @@ def main(output_dir: str, mode: str) -> None:
         return
     trainer = RAFTTrainer(
         model,
-        share_of_apple,
+        one_right_answer if mode == "one_kept" else share_of_apple,
         args=args,
         train_dataset=prompts,
         processing_class=tokenizer,
         candidate_dataset=Dataset.from_dict(EXPERT) if mode == "local+dataset" else None,
     )
+    reference_rows = []
+    if trainer.ref_model is not None:  # which sequences this process's reference model read
+        trainer.ref_model.register_forward_pre_hook(
+            lambda module, args, kwargs: reference_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
     trainer.train()
     rank = trainer.accelerator.process_index
+    with open(os.path.join(output_dir, f"reference_rows_rank{rank}.txt"), "w") as file:
+        file.write(str(sum(reference_rows)))
     save_weights(trainer.model, output_dir, rank)
     with open(os.path.join(output_dir, f"steps_rank{rank}.txt"), "w") as file:
         file.write(str(trainer.state.global_step))
