@@ -1,3 +1,6 @@
+import re
+import sys
+
 from transformers import AutoModelForCausalLM
 
 from .helpers import load_example
@@ -12,8 +15,8 @@ def test_quickstart_runs_and_its_reward_rises(tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
-def test_the_arithmetic_example_runs_end_to_end_and_writes_its_report(tmp_path, tokenizer):
-    # The real model is measured in BENCHMARKS.md; here a tiny chat model runs every step of the script.
+def arithmetic_flags(tmp_path, tokenizer) -> dict:
+    """The arithmetic example's flags for a tiny chat model saved in `tmp_path`, a run of seconds."""
     from raft_trainer.tasks.toy.tiny import tiny_causal_lm
 
     from .helpers import CHAT_TEMPLATE
@@ -21,8 +24,7 @@ def test_the_arithmetic_example_runs_end_to_end_and_writes_its_report(tmp_path, 
     tokenizer.chat_template = CHAT_TEMPLATE
     tiny_causal_lm(tokenizer, n_positions=256).save_pretrained(tmp_path / "tiny-chat")
     tokenizer.save_pretrained(tmp_path / "tiny-chat")
-    example = load_example("llm/raft_arithmetic.py")
-    flags = {
+    return {
         "model_name_or_path": tmp_path / "tiny-chat",
         "output_dir": tmp_path / "out",
         "num_train_prompts": 8,
@@ -36,11 +38,33 @@ def test_the_arithmetic_example_runs_end_to_end_and_writes_its_report(tmp_path, 
         "disable_tqdm": "true",
         "verbose": "true",
     }
-    summary = example.main([item for name, value in flags.items() for item in (f"--{name}", str(value))])
+
+
+def as_argv(flags: dict) -> list[str]:
+    return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def test_the_arithmetic_example_runs_end_to_end_and_writes_its_report(tmp_path, tokenizer):
+    # The real model is measured in BENCHMARKS.md; here a tiny chat model runs every step of the script.
+    example = load_example("llm/raft_arithmetic.py")
+    summary = example.main(as_argv(arithmetic_flags(tmp_path, tokenizer)))
     assert set(summary["before"]) == set(summary["after"]) >= {"greedy_accuracy", "sampled_accuracy", "pass@1"}
     assert [stage["stage"] for stage in summary["stages"]] == [0, 1]
     assert all("eval_reward" in stage for stage in summary["stages"])
+    assert 0 <= summary["start_eval_reward"] <= 1  # the curve's first point: the stage evaluation before training
     out = tmp_path / "out"
     assert (out / "accuracy_per_stage.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(path.name for path in (out / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_the_arithmetic_examples_console_shows_every_stage_line(tmp_path, tokenizer, monkeypatch, capsys):
+    # As on a console: progress bars on (the example's default) and on the same stream as the stage table. A plain
+    # print lands after a bar's text, where the bar's next redraw writes over it.
+    monkeypatch.setattr(sys, "stderr", sys.stdout)
+    flags = {**arithmetic_flags(tmp_path, tokenizer), "disable_tqdm": "false", "verbose": "false", "num_stages": 3}
+    load_example("llm/raft_arithmetic.py").main(as_argv(flags))
+    shown = [line.split("\r")[-1] for line in capsys.readouterr().out.split("\n")]  # what a terminal keeps
+    assert any(line.startswith("stage   reward") for line in shown)
+    for stage in range(3):
+        assert any(re.match(rf"\s+{stage}\s+-?\d", line) for line in shown), f"stage {stage}: {shown}"

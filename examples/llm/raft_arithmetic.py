@@ -96,18 +96,20 @@ def held_out_accuracy(trainer: RAFTTrainer, test, script_args: ArithmeticArgumen
     )
 
 
-def plot_accuracy(stages: list[dict], before: dict, after: dict, path: str) -> None:
+def plot_accuracy(stages: list[dict], start_reward: float, before: dict, after: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3.2))
-    # The reward is 1 for a right answer and 0 otherwise, so the held-out reward is the sampled accuracy.
+    # The reward is 1 for a right answer and 0 otherwise, so the held-out reward is the sampled accuracy: one sample
+    # per prompt of the stage evaluation's prompts, the same at every point. Greedy is on all the test problems.
     stages_trained = [0] + [s["stage"] + 1 for s in stages]
-    sampled = [before["sampled_accuracy"]] + [s["eval_reward"] for s in stages]
-    axis.plot(stages_trained, sampled, "o-", label="sampled")
-    axis.plot([0, len(stages)], [before["greedy_accuracy"], after["greedy_accuracy"]], "s--", label="greedy")
+    sampled = [start_reward] + [s["eval_reward"] for s in stages]
+    axis.plot(stages_trained, sampled, "o-", label="sampled (stage evaluation prompts)")
+    greedy = [before["greedy_accuracy"], after["greedy_accuracy"]]
+    axis.plot([0, len(stages)], greedy, "s--", label="greedy (test problems)")
     axis.set(xlabel="stages trained", ylabel="held-out accuracy", ylim=(0, 1), xticks=range(len(stages) + 1))
     axis.legend()
     figure.tight_layout()
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     before = held_out_accuracy(trainer, data["test"], script_args)
     print("held-out before: " + ", ".join(f"{name} {value:.3f}" for name, value in before.items()), flush=True)
+    start_reward = trainer.evaluate()["eval_reward"]  # the curve's first point, on the later points' prompts
     trainer.train()
     after = held_out_accuracy(trainer, data["test"], script_args)
     print("held-out after:  " + ", ".join(f"{name} {value:.3f}" for name, value in after.items()), flush=True)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         {**record, **evaluation}
         for record, evaluation in zip(
             [r for r in trainer.state.log_history if "stage" in r],
-            [r for r in trainer.state.log_history if "eval_reward" in r],
+            [r for r in trainer.state.log_history if "eval_reward" in r and r["step"] > 0],
         )
     ]
     trainer.save_model()
@@ -151,13 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "before": before,
         "after": after,
+        "start_eval_reward": start_reward,
         "stages": stages,
         "seconds": time.perf_counter() - start,
         "peak_rss_mb": process_peak_mb("cpu"),  # RAFT resets the kernel's counter at each phase
     }
     if trainer.is_world_process_zero():
         write_json(os.path.join(args.output_dir, "summary.json"), summary)
-        plot_accuracy(stages, before, after, os.path.join(args.output_dir, "accuracy_per_stage.png"))
+        plot_accuracy(stages, start_reward, before, after, os.path.join(args.output_dir, "accuracy_per_stage.png"))
         print(f"Wrote {args.output_dir}/summary.json, accuracy_per_stage.png, the model and stages/.")
     return summary
 

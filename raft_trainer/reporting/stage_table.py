@@ -1,3 +1,4 @@
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 
@@ -60,7 +61,7 @@ class StageTableCallback(TrainerCallback):
         if "stage" in logs:
             if self.columns is None:
                 self.columns = [(title, key, spec) for title, key, spec, shown in self.COLUMNS if shown(args)]
-                print(" ".join(f"{title:>{len(spec.format(0))}}" for title, _, spec in self.columns), flush=True)
+                say(" ".join(f"{title:>{len(spec.format(0))}}" for title, _, spec in self.columns))
             self.flush()
             self.pending = dict(logs)
             if not _evaluating(args):
@@ -79,5 +80,11 @@ class StageTableCallback(TrainerCallback):
         for _, key, spec in self.columns:
             value = self.pending.get(key)
             cells.append(spec.format(value) if isinstance(value, (int, float)) else " " * len(spec.format(0)))
-        print(" ".join(cells), flush=True)
+        say(" ".join(cells))
         self.pending = None
+
+
+def say(line: str) -> None:
+    """Print a line of the table on stdout above the progress bars: a plain print on a console they share would
+    land after a bar's text, and the bar's next redraw would write over it."""
+    tqdm.write(line)
