@@ -9,8 +9,9 @@ class RAFTConfig(StageConfig):
     Configuration of [`RAFTTrainer`]: RAFT for causal language models.
 
     Besides the stage settings below and in [`StageConfig`] (`num_stages`, `prompts_per_stage`, `num_generations`,
-    `ranking`, `reward_weights`, `generation_batch_size`), every `transformers.TrainingArguments` field applies to
-    the fine-tuning phase (optimizer, scheduler, batch size, precision, gradient checkpointing, logging, saving).
+    `ranking`, `reward_weights`, `generation_batch_size`), the `transformers.TrainingArguments` fields apply to the
+    fine-tuning phase (optimizer, scheduler, batch size, precision, gradient checkpointing, logging, saving), but for
+    the run's length: `max_steps` is refused and `num_train_epochs` is set to `num_stages`.
 
     Parameters:
         temperature (`float`, *optional*, defaults to `1.0`):

@@ -2,9 +2,9 @@
 and one prompt set, on the same budget; on the offline miniature world when no model is named, on a verifiable task
 of the real model with `--task`.
 
-    raft-compare                                  # the miniature world, offline, under 15 minutes on 2 CPU cores
+    raft-compare                                  # the miniature world, offline, about 8 minutes on 2 CPU cores
     raft-compare --ablation K                     # RAFT with K in {8, 16, 32} (the paper's Table 4)
-    raft-compare --task arithmetic --seed 0       # RAFT, RAFT++, Reinforce-Rej, GRPO, RLOO on SmolLM2 (~30 min)
+    raft-compare --task arithmetic --seed 0       # RAFT, RAFT++, Reinforce-Rej, GRPO, RLOO on SmolLM2 (47 min)
     raft-compare --model_name_or_path ... --reward_model_name_or_path ... --dataset_name ...
     raft-compare --summarize runs/compare-seed0 runs/compare-seed1 --output_dir runs/seeds  # mean and range
 

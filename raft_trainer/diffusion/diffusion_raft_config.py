@@ -11,8 +11,8 @@ class DiffusionRAFTConfig(StageConfig):
     (SD3 / SD3.5, FLUX.1) of a diffusers pipeline.
 
     The stage fields (`num_stages`, `prompts_per_stage`, `num_generations`, `ranking`, `reward_weights`, ...) are
-    those of [`StageConfig`]; every `TrainingArguments` field works (`per_device_train_batch_size` is the number of
-    images per training step).
+    those of [`StageConfig`]; the `TrainingArguments` fields apply but `max_steps` (refused; `num_train_epochs` is
+    set to `num_stages`), and `per_device_train_batch_size` is the number of images per training step.
 
     Parameters:
         height (`int`, *optional*, defaults to `512`):
@@ -61,7 +61,7 @@ class DiffusionRAFTConfig(StageConfig):
         save_candidate_images (`bool`, *optional*, defaults to `False`):
             Save every candidate image of a stage as PNG, not only the kept ones.
         pipeline_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
-            Keyword arguments for `StableDiffusionPipeline.from_pretrained` when the pipeline is given by id (a
+            Keyword arguments for `DiffusionPipeline.from_pretrained` when the pipeline is given by id (a
             dict, or JSON text on the command line: `'{"torch_dtype": "float16"}'`).
     """
 
@@ -107,7 +107,7 @@ class DiffusionRAFTConfig(StageConfig):
     )
     pipeline_init_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments for StableDiffusionPipeline.from_pretrained (a dict, or JSON text)."},
+        metadata={"help": "Keyword arguments for DiffusionPipeline.from_pretrained (a dict, or JSON text)."},
     )
     num_generations: int = field(
         default=20,
