@@ -56,7 +56,8 @@ class ImageScriptArguments:
         default=False, metadata={"help": "Tiny random pipeline and reward models built locally: nothing downloaded."}
     )
     pretrained_model_name_or_path: str = field(
-        default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata={"help": "The Stable Diffusion pipeline, id or path."}
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        metadata={"help": "The Stable Diffusion pipeline, id or path."},
     )
     aesthetic_head: str = field(
         default=AESTHETIC_HEAD_REPO,
