@@ -251,11 +251,6 @@ class RAFTConfig(StageConfig):
         super().__post_init__()
 
     @property
-    def selection_rule(self) -> str:
-        """'mixed_groups' for Reinforce-Rej (every candidate of the prompts whose rewards differ), else 'rank'."""
-        return "mixed_groups" if self.loss_type == "reinforce_rej" else "rank"
-
-    @property
     def dropout_disabled(self) -> bool:
         """Whether the policy's dropout is turned off: `disable_dropout`, or by default for the clipped losses."""
         return self.uses_policy_ratio if self.disable_dropout is None else self.disable_dropout

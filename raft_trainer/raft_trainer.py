@@ -41,7 +41,7 @@ from .sequences import (
     tokenize_prompts,
 )
 from .stage_trainer import StageTrainer
-from .stages import Candidates, selection
+from .stages import Candidates, Pool, Selection, selection
 from .stages.prompts import each_prompt_repeated, validate_prompt_dataset
 from .vllm_sampling import sample_with_vllm, vllm_generation
 
@@ -322,8 +322,36 @@ class RAFTTrainer(StageTrainer):
         candidates["completion"][index] = replacement
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Ranking
+    # Ranking and selection
     # ----------------------------------------------------------------------------------------------------------------
+
+    def select(self, pool: Pool) -> Selection:
+        """RAFT and RAFT++: the stage cycle's ranked selection. Reinforce-Rej: every rewarded candidate (not
+        truncated, with `mask_truncated_completions`) of the prompts whose rewards differ, or with
+        `reward_threshold` whose samples are neither all accepted nor all rejected; wrong answers too."""
+        if self.args.loss_type != "reinforce_rej":
+            return super().select(pool)
+        eligible = ~torch.isnan(pool.rewards)
+        if self.args.mask_truncated_completions:
+            eligible &= ~self.truncated(pool.candidates)
+        rewards = selection.exclude(pool.rewards, ~eligible)
+        kept = selection.mixed_groups(rewards, pool.groups, self.args.reward_threshold)
+        accepted = self.accepted(pool.candidates, pool.rewards) if self.rejects_candidates() else None
+        contrast = "accepted and rejected samples" if self.args.reward_threshold is not None else "rewards that differ"
+        return Selection(kept, accepted, f", and none of the {len(pool.groups.unique())} prompts had {contrast}")
+
+    def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
+        accepted = super().accepted(candidates, rewards)
+        if self.args.mask_truncated_completions:
+            accepted &= ~self.truncated(candidates)
+        return accepted
+
+    def rejects_candidates(self) -> bool:
+        return super().rejects_candidates() or self.args.mask_truncated_completions
+
+    def truncated(self, candidates: Candidates) -> torch.Tensor:
+        """The mask of candidates cut off at `max_completion_length` (a dataset completion never is)."""
+        return torch.tensor(candidates["truncated"], dtype=torch.bool)
 
     def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
         if self.args.beta == 0:
@@ -507,7 +535,10 @@ class RAFTTrainer(StageTrainer):
                 value for value, sampled in zip(candidates["entropy"], self.model_samples(candidates)) if sampled
             ]
             metrics["entropy"] = sum(entropies) / max(1, len(entropies))
-        if self.args.selection_rule == "mixed_groups":
+        sampled = self.model_samples(candidates)
+        if sampled.any():
+            metrics["truncated_share"] = self.truncated(candidates)[sampled].float().mean().item()
+        if self.args.loss_type == "reinforce_rej":
             groups = torch.tensor(candidates["group"])
             metrics["groups_dropped"] = 1 - len(torch.unique(groups[kept])) / len(torch.unique(groups))
         return metrics

@@ -169,11 +169,6 @@ class StageConfig(TrainingArguments):
         super().__post_init__()
 
     @property
-    def selection_rule(self) -> str:
-        """How a stage's kept set is chosen: 'rank' (best of each prompt or of the pool, see `ranking`)."""
-        return "rank"
-
-    @property
     def prompts_drawn_per_stage(self) -> int:
         """Prompts generated for each stage: b with local ranking, b*K (one candidate each) with global ranking."""
         return self.prompts_per_stage * (self.num_generations if self.ranking == "global" else 1)

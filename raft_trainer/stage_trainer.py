@@ -39,7 +39,7 @@ from .reporting.sample_table import report_sample_table
 from .reporting.stage_table import StageTableCallback
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
-from .stages import Candidates, selection
+from .stages import Candidates, Draw, Pool, Selection, selection
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.metrics import acceptance_metrics
@@ -109,65 +109,89 @@ class StageTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def run_stage(self, stage: int) -> list[dict]:
-        """Generate, score and rank one stage's candidates, write its stage file, return the kept training examples.
+        """One stage, step by step: draw its prompts, generate and score their candidates, gather the pool, select
+        the kept ones, record the stage (its file and log record), and return the kept set's training examples.
 
         With several processes each generates and scores its own share of the stage's prompts (all the candidates
-        of a prompt on one process); the pool is then gathered so that every process ranks the whole of it alike.
+        of a prompt on one process); the pool is then gathered so that every process selects from the whole of it
+        alike.
         """
-        args = self.args
         self.stop_at_phase_end()  # a signal received since the last step (in an evaluation, say): stop here
         if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone, with
             self.log({})  # their own training peak, before this stage's generation resets the counter
+        memory = {}
+        draw = self.draw_prompts(stage)
+        pool = self.gather_pool(self.generate_and_score(stage, draw, memory))
+        chosen = self.select(pool)
+        if not chosen.kept.any():
+            self.pass_over(stage, pool, chosen)
+        self.record_stage(stage, pool, chosen, memory)
+        kept_indices = chosen.kept.nonzero().view(-1).tolist()
+        examples = self.training_examples(pool.candidates, kept_indices) if kept_indices else []
+        clear_device_cache()
+        self.phase_memory.start()  # the training phase's peak joins the stage's log record
+        return examples
+
+    def draw_prompts(self, stage: int) -> Draw:
+        """This process's share of the stage's draw of prompts (`stages/prompts.py`), with their dataset rows."""
+        args = self.args
         stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
         positions = self.process_share(range(len(stage_indices)))  # this process's places in the stage's draw
         prompt_indices = [stage_indices[position] for position in positions]
         rows = self.train_dataset.select(prompt_indices).to_dict()  # read once: the prompts and the other columns
         prompts = rows.pop("prompt")
-        memory = {}
-        # Each phase's result goes to disk as it ends; a resumed run takes the finished ones back (stages/in_flight.py)
+        return Draw(prompt_indices=prompt_indices, positions=positions, prompts=prompts, columns=rows)
+
+    def generate_and_score(self, stage: int, draw: Draw, memory: dict) -> dict:
+        """This process's scored candidates of `draw` (`scored_candidates`' dict). Each phase's result goes to disk
+        as it ends; a resumed run takes the finished ones back (`stages/in_flight.py`). `memory` receives each
+        phase's peak."""
         identity = self.stage_identity(stage)
         scored = self.resumed_in_flight(stage, "scored", identity)
         if scored is None:
             generated = self.resumed_in_flight(stage, "generated", identity)
             if generated is None:
                 with self.phase_memory.phase("generate", memory):
-                    generated = self.generated_candidates(prompt_indices, prompts, positions)
+                    generated = self.generated_candidates(draw.prompt_indices, draw.prompts, draw.positions)
                 self.save_in_flight(stage, "generated", identity, generated)
             self.stop_at_phase_end()  # a signal received while generating takes effect here
-            columns = {name: [values[i] for i in generated["prompt_of"]] for name, values in rows.items()}
+            columns = {name: [values[i] for i in generated["prompt_of"]] for name, values in draw.columns.items()}
             with self.phase_memory.phase("score", memory):
                 scored = self.scored_candidates(generated["candidates"], columns)
             self.save_in_flight(stage, "scored", identity, scored)
             self.in_flight.remove(stage, "generated")
         self.stop_at_phase_end()
-        candidates, rewards, rewards_per_func, kept_by_filter, scores = (
-            scored[name] for name in ("candidates", "rewards", "rewards_per_func", "kept_by_filter", "scores")
-        )
+        return scored
 
-        candidates = {name: gather_object(values) for name, values in candidates.items()}
-        rewards, rewards_per_func, kept_by_filter, scores = (
-            torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func, kept_by_filter, scores)
+    def gather_pool(self, scored: dict) -> Pool:
+        """Every process's scored candidates, in the order of the stage's draw: the pool each process selects from."""
+        tensors = (torch.cat(gather_object([scored[name]])) for name in Pool.TENSORS)
+        return Pool({name: gather_object(values) for name, values in scored["candidates"].items()}, *tensors)
+
+    def select(self, pool: Pool) -> Selection:
+        """Which candidates the stage keeps: by rank (`ranking`: the best `kept_per_prompt` distinct ones of each
+        prompt, or the top of the pool), by score, among the accepted ones. A trainer whose loss keeps by another
+        rule overrides this (RAFTTrainer: Reinforce-Rej's groups with contrast)."""
+        args = self.args
+        accepted = self.accepted(pool.candidates, pool.rewards)
+        kept = selection.select(
+            selection.exclude(pool.scores, ~accepted),
+            args.ranking,
+            pool.groups,
+            args.prompts_per_stage,
+            per_group=args.kept_per_prompt,
+            duplicate_keys=self.duplicate_keys(pool.candidates),
         )
-        accepted = self.accepted(candidates, rewards)
-        groups = torch.tensor(candidates["group"])
-        if args.selection_rule == "mixed_groups":  # Reinforce-Rej: whole groups whose rewards differ, wrong ones too
-            eligible = ~torch.isnan(rewards)
-            if getattr(args, "mask_truncated_completions", False):
-                eligible &= ~self.truncated(candidates)
-            kept = selection.mixed_groups(selection.exclude(rewards, ~eligible), groups, args.reward_threshold)
-        else:
-            kept = selection.select(
-                selection.exclude(scores, ~accepted),
-                args.ranking,
-                groups,
-                args.prompts_per_stage,
-                per_group=args.kept_per_prompt,
-                duplicate_keys=self.duplicate_keys(candidates),
-            )
-        if not kept.any():
-            self.pass_over(stage, rewards, accepted, groups)
+        threshold = (
+            f" (reward >= reward_threshold={args.reward_threshold})" if args.reward_threshold is not None else ""
+        )
+        return Selection(kept, accepted if self.rejects_candidates() else None, threshold)
+
+    def record_stage(self, stage: int, pool: Pool, chosen: Selection, memory: dict) -> None:
+        """Write the stage file (main process) and set the stage's log record, which joins the Trainer's next log."""
+        candidates, kept = pool.candidates, chosen.kept
         if self.is_world_process_zero():
-            rows = self.stage_rows(stage, candidates, rewards, rewards_per_func, kept_by_filter, kept)
+            rows = self.stage_rows(stage, candidates, pool.rewards, pool.rewards_per_func, pool.kept_by_filter, kept)
             rows.update(self.write_stage_media(stage, candidates, rows))
             write_stage_file(stage_file_path(self.args.output_dir, stage), rows)
             self._stage_samples = {
@@ -175,33 +199,22 @@ class StageTrainer(Trainer):
             }
         self._stage_metrics = {
             "stage": stage,
-            **self.reward_metrics(candidates, rewards, rewards_per_func, kept),
-            **acceptance_metrics(
-                accepted if self.rejects_candidates() else None,
-                groups,
-                self.model_samples(candidates),
-                self.truncated(candidates) if "truncated" in candidates else None,
-            ),
+            **self.reward_metrics(candidates, pool.rewards, pool.rewards_per_func, kept),
+            **acceptance_metrics(chosen.accepted, pool.groups, self.model_samples(candidates)),
             **self.stage_metrics(candidates, kept),
             **memory,
         }
-        candidates["reward"] = rewards.tolist()  # Reinforce-Rej's advantage, for the kept set's examples
-        examples = self.training_examples(candidates, kept.nonzero().view(-1).tolist()) if kept.any() else []
-        clear_device_cache()
-        self.phase_memory.start()  # the training phase's peak joins the stage's log record
-        return examples
+        candidates["reward"] = pool.rewards.tolist()  # every candidate's reward, for trainers whose examples use it
 
-    def pass_over(self, stage: int, rewards: torch.Tensor, accepted: torch.Tensor, groups: torch.Tensor) -> None:
+    def pass_over(self, stage: int, pool: Pool, chosen: Selection) -> None:
         """A stage that kept nothing trains on nothing: its optimizer steps run without a gradient, so they change
         no weight and the learning-rate schedule, the step count and resume stay as planned. Said once, with the
         counts; `max_empty_stages` such stages in a row stop the run, since then the task is out of reach."""
         in_a_row = self.empty_stages_in_a_row() + 1
+        rewards = pool.rewards
         rewarded = int((~torch.isnan(rewards)).sum())
-        why = f"{rewarded} of {len(rewards)} candidates got a reward, {int(accepted.sum())} were accepted"
-        if self.args.reward_threshold is not None:
-            why += f" (reward >= reward_threshold={self.args.reward_threshold})"
-        if self.args.selection_rule == "mixed_groups":
-            why += f", and each of the {len(torch.unique(groups))} prompts' rewards were all equal (no contrast)"
+        accepted = rewarded if chosen.accepted is None else int(chosen.accepted.sum())
+        why = f"{rewarded} of {len(rewards)} candidates got a reward, {accepted} were accepted{chosen.rule}"
         if in_a_row >= self.args.max_empty_stages:
             raise RuntimeError(
                 f"stage {stage} kept no candidate, the last of {in_a_row} such stages in a row (max_empty_stages="
@@ -257,22 +270,16 @@ class StageTrainer(Trainer):
         )
 
     def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
-        """The mask of candidates selection may keep: rewarded (and not filtered out), at least `reward_threshold`
-        when one is set, and not truncated when `mask_truncated_completions` is on."""
+        """The mask of candidates selection may keep: rewarded (and not filtered out), and at least
+        `reward_threshold` when one is set. A trainer may reject more (RAFTTrainer: truncated completions)."""
         accepted = ~torch.isnan(rewards)
         if self.args.reward_threshold is not None:
             accepted &= rewards >= self.args.reward_threshold
-        if getattr(self.args, "mask_truncated_completions", False):
-            accepted &= ~self.truncated(candidates)
         return accepted
 
     def rejects_candidates(self) -> bool:
-        """Whether selection rejects candidates on their own (a threshold, truncation), not only by rank."""
-        return self.args.reward_threshold is not None or getattr(self.args, "mask_truncated_completions", False)
-
-    def truncated(self, candidates: Candidates) -> torch.Tensor:
-        """The mask of candidates cut off at the length limit (the `truncated` column, when the trainer sets one)."""
-        return torch.tensor(candidates.get("truncated", [False] * len(candidates["prompt"])), dtype=torch.bool)
+        """Whether selection rejects candidates on their own (a threshold, say), not only by rank."""
+        return self.args.reward_threshold is not None
 
     def duplicate_keys(self, candidates: Candidates) -> torch.Tensor | None:
         """Equal ints for equal candidates (the same values in `distinct_columns`), so that a prompt keeps distinct

@@ -1,6 +1,7 @@
 """The import rule of docs/architecture.md, checked on the source: a module's place says what it may import."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,17 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained True" in result.stdout
     assert 'pip install "raft-trainer[diffusion]"' in result.stdout
+
+
+def test_the_shared_cycle_knows_no_loss_and_no_language_model_field():
+    # What a loss needs from selection comes through the trainer's `select`; the base reads only StageConfig.
+    from raft_trainer.raft_config import RAFTConfig
+    from raft_trainer.stage_config import StageConfig
+
+    source = (PACKAGE / "stage_trainer.py").read_text()
+    assert "getattr(self.args" not in source and "getattr(args" not in source
+    for word in ("loss_type", "reinforce_rej", "raft++"):
+        assert word not in source, word
+    language_model_fields = set(RAFTConfig.__dataclass_fields__) - set(StageConfig.__dataclass_fields__)
+    used = set(re.findall(r"args\.(\w+)", source))
+    assert not used & language_model_fields, used & language_model_fields

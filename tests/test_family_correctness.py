@@ -164,7 +164,7 @@ def test_a_stage_that_keeps_nothing_is_passed_over_without_an_update(
     assert [r["num_kept"] for r in records] == [0, 0]
     passed_over = [r.getMessage() for r in caplog.records if "passed over" in r.getMessage()]
     assert len(passed_over) == 2 and "16 of 16 candidates got a reward, 16 were accepted" in passed_over[0]
-    assert "rewards were all equal" in passed_over[0]
+    assert "none of the 4 prompts had accepted and rejected samples" in passed_over[0]
 
 
 def test_max_empty_stages_in_a_row_stop_the_run_with_the_counts(make_model, tokenizer, prompts, make_args):

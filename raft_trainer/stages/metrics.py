@@ -1,15 +1,12 @@
-"""Per-stage metrics of selection: how many candidates were accepted, by how many prompts, and how many were cut."""
+"""Per-stage metrics of selection: how many candidates were accepted, and by how many prompts."""
 
 import torch
 
 
-def acceptance_metrics(
-    accepted: torch.Tensor | None, groups: torch.Tensor, sampled: torch.Tensor, truncated: torch.Tensor | None
-) -> dict[str, float]:
-    """Over the model's own samples (`sampled`; [N] masks, `groups` [N] ids). With `accepted`: `pass_rate`, the
+def acceptance_metrics(accepted: torch.Tensor | None, groups: torch.Tensor, sampled: torch.Tensor) -> dict[str, float]:
+    """Over the model's own samples (`sampled`; [N] masks, `groups` [N] ids), with `accepted`: `pass_rate`, the
     share accepted; `prompts_with_accepted`, the share of prompts (groups) with at least one accepted sample;
-    `prompts_all_accepted`, the share with every sample accepted. With `truncated`: `truncated_share`, the share cut
-    off at the length limit."""
+    `prompts_all_accepted`, the share with every sample accepted."""
     if not sampled.any():
         return {}
     metrics = {}
@@ -21,6 +18,4 @@ def acceptance_metrics(
         metrics["pass_rate"] = accepted.float().mean().item()
         metrics["prompts_with_accepted"] = (accepted_count > 0).float().mean().item()
         metrics["prompts_all_accepted"] = (accepted_count == size).float().mean().item()
-    if truncated is not None:
-        metrics["truncated_share"] = truncated[sampled].float().mean().item()
     return metrics
