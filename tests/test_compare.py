@@ -340,3 +340,17 @@ def test_a_run_in_its_own_process_ends_when_the_comparison_is_killed(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the run went on after its parent was killed")
+
+
+def test_a_curve_point_is_never_later_than_the_run_that_ends_right_after_it():
+    # Four readings of the clock after the start, with 4 s between the second and the third (entering the
+    # evaluation's context takes time): the point's time must be read before the pause begins, or that moment
+    # counts for the point and is taken off the run.
+    readings = iter([0.0, 1.0, 5.0, 6.0, 6.001])
+    stopwatch = Stopwatch(clock=lambda: next(readings), cpu_clock=lambda: 0.0)
+    counter = CountingReward(lambda completions, **kwargs: [1.0] * len(completions))
+    curve = RewardCurve(lambda model: {"reward": 0.0}, every=1, stopwatch=stopwatch)
+    curve.attach(counter, policy=lambda: None)
+    counter(completions=["a"])
+    curve.on_step_end(None, None, None)
+    assert curve.points[-1]["seconds"] <= stopwatch.seconds()

@@ -92,8 +92,10 @@ class RewardCurve(TrainerCallback):
 
     def record(self) -> None:
         count = self.counter.count
+        # Read before the pause begins: read inside it, the reading would include a moment the pause then takes
+        # off the run's time, so a run ending right after its last point could end "before" that point.
+        point = {"completions": count, "seconds": self.stopwatch.seconds()}
         with self.stopwatch.paused(), torch.random.fork_rng(devices=_cuda_devices()):
-            point = {"completions": count, "seconds": self.stopwatch.seconds()}
             point.update(self.evaluate(self.policy()))
         self.counter.count = count  # the evaluation may score with the counted model (PPO's reward model)
         self.points.append(point)
