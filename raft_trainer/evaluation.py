@@ -12,7 +12,6 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .metrics import perplexity, text_metrics
-from .raft_trainer import RAFTTrainer
 from .sequences import completion_reward_inputs, generate_completions, sft_example, tokenize_prompts
 
 # Scores candidates: called with their columns (`prompt`, `completion`, `completion_ids`) and the prompts' other
@@ -22,7 +21,7 @@ CandidateScorer = Callable[[dict[str, list], dict[str, list]], torch.Tensor]
 
 @torch.no_grad()
 def evaluate_policy(
-    trainer: RAFTTrainer,
+    trainer,  # a RAFTTrainer (evaluation sits below the trainers: it imports none)
     prompts: Dataset,
     chosen: Dataset | None = None,
     true_score: Callable[[str, str], float] | None = None,

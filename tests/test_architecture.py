@@ -107,6 +107,18 @@ def test_no_module_imports_a_command_line_entry_point():
             assert module not in {"raft_trainer.cli", "raft_trainer.compare.cli"}, f"{path.relative_to(ROOT)}"
 
 
+def test_reporting_and_evaluation_sit_below_the_trainers():
+    # Imports run downward: what reports on a run or evaluates a policy is handed the trainer, never imports one.
+    below = [
+        *(PACKAGE / "reporting").glob("*.py"),
+        PACKAGE / "evaluation.py",
+        PACKAGE / "diffusion/image_evaluation.py",
+    ]
+    for path in below:
+        for module, _ in imports(path):
+            assert module not in TRAINER_MODULES, f"{path.relative_to(ROOT)} imports {module}"
+
+
 def test_an_install_without_the_diffusion_extra_trains_a_language_model_and_says_which_extra_to_add(tmp_path):
     # diffusers, open_clip and torchvision made unimportable, as in an install without the `diffusion` extra.
     script = f"""

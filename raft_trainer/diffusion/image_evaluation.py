@@ -11,7 +11,6 @@ from diffusers import DiffusionPipeline
 from ..files import write_json
 from ..memory import eval_mode, move_models
 from ..reporting.run_log import stage_records
-from .diffusion_raft_trainer import DiffusionRAFTTrainer
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -71,7 +70,7 @@ def evaluate_images(
 
 
 def train_and_evaluate_images(
-    trainer: DiffusionRAFTTrainer,
+    trainer,  # a DiffusionRAFTTrainer (evaluation sits below the trainers: it imports none)
     prompt_sets: dict[str, list[str]],
     reward_functions: dict[str, Callable],
     images_per_prompt: int,

@@ -8,12 +8,11 @@ from datasets import Dataset
 
 from ..evaluation import evaluate_policy
 from ..files import write_json
-from ..raft_trainer import RAFTTrainer
 from .run_log import plot_reward_curve, stage_records
 
 
 def train_and_report(
-    trainer: RAFTTrainer,
+    trainer,  # a RAFTTrainer (reporting sits below the trainers: it imports none)
     eval_prompts: Dataset,
     eval_chosen: Dataset | None = None,
     true_score: Callable[[str, str], float] | None = None,
