@@ -127,11 +127,12 @@ class RAFTTrainer(StageTrainer):
         if model_id is not None:
             model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
 
-        if args.dropout_disabled:
-            # The sampling log-probs are taken without dropout; with it on in training the ratio would not start at 1.
-            disable_dropout(model)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
+        if args.dropout_disabled:
+            # The sampling log-probs are taken without dropout; with it on in training the ratio would not start at 1.
+            # After the adapter is added, so that its own dropout is off too.
+            disable_dropout(model)
         # The reference model is the frozen initial policy; it is only needed for the KL-penalised score and the KL
         # loss. With an adapter it is the base model under the adapter.
         self.ref_model = None
@@ -407,11 +408,7 @@ class RAFTTrainer(StageTrainer):
                 example["old_log_probs"] = left_padded(candidates["old_log_probs"][i], len(example["input_ids"]))
                 example["advantages"] = self.advantage(candidates["reward"][i])
         if self.args.kl_loss_coef > 0:
-            # Every process computes its share of the kept set; all of them train on the whole of it.
-            share = self.process_share(examples)
-            for example, log_probs in zip(
-                examples, itertools.chain(*gather_object([self.reference_log_probs(share)]))
-            ):
+            for example, log_probs in zip(examples, self.kept_set_reference_log_probs(examples)):
                 example["ref_log_probs"] = left_padded(log_probs, len(example["input_ids"]))
         return examples
 
@@ -424,6 +421,14 @@ class RAFTTrainer(StageTrainer):
         if self.args.reward_threshold is None:
             return reward
         return 1.0 if reward >= self.args.reward_threshold else -1.0
+
+    def kept_set_reference_log_probs(self, examples: list[dict]) -> list[list[float]]:
+        """The reference log-probs of the whole kept set, which every process trains on: each process computes its
+        share and they are gathered. A sharded policy (FSDP, DeepSpeed) is the reference under PEFT, and its forward
+        passes gather parameters from every process, so there every process computes the whole set in step."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return self.reference_log_probs(examples)
+        return list(itertools.chain(*gather_object([self.reference_log_probs(self.process_share(examples))])))
 
     def reference_log_probs(self, examples: list[dict]) -> list[list[float]]:
         """Each example's completion-token log-probs under the frozen initial model, at the loss's temperature."""

@@ -126,6 +126,9 @@ class StageTrainer(Trainer):
         if not chosen.kept.any():
             self.pass_over(stage, pool, chosen)
         self.record_stage(stage, pool, chosen, memory)
+        pool.candidates["reward"] = (
+            pool.rewards.tolist()
+        )  # every candidate's reward, for trainers whose examples use it
         kept_indices = chosen.kept.nonzero().view(-1).tolist()
         examples = self.training_examples(pool.candidates, kept_indices) if kept_indices else []
         clear_device_cache()
@@ -204,17 +207,22 @@ class StageTrainer(Trainer):
             **self.stage_metrics(candidates, kept),
             **memory,
         }
-        candidates["reward"] = pool.rewards.tolist()  # every candidate's reward, for trainers whose examples use it
 
     def pass_over(self, stage: int, pool: Pool, chosen: Selection) -> None:
         """A stage that kept nothing trains on nothing: its optimizer steps run without a gradient, so they change
         no weight and the learning-rate schedule, the step count and resume stay as planned. Said once, with the
         counts; `max_empty_stages` such stages in a row stop the run, since then the task is out of reach."""
-        in_a_row = self.empty_stages_in_a_row() + 1
+        in_a_row = self.empty_stages_before(stage) + 1
         rewards = pool.rewards
         rewarded = int((~torch.isnan(rewards)).sum())
         accepted = rewarded if chosen.accepted is None else int(chosen.accepted.sum())
         why = f"{rewarded} of {len(rewards)} candidates got a reward, {accepted} were accepted{chosen.rule}"
+        if self.accelerator.scaler is not None or self.is_deepspeed_enabled:
+            raise RuntimeError(
+                f"stage {stage} kept no candidate ({why}), and a stage is passed over by optimizer steps without "
+                "gradients, which fp16's gradient scaler and DeepSpeed cannot make: train in bf16 or fp32 without "
+                "DeepSpeed, or lower reward_threshold so that every stage keeps something."
+            )
         if in_a_row >= self.args.max_empty_stages:
             raise RuntimeError(
                 f"stage {stage} kept no candidate, the last of {in_a_row} such stages in a row (max_empty_stages="
@@ -230,15 +238,13 @@ class StageTrainer(Trainer):
             why,
         )
 
-    def empty_stages_in_a_row(self) -> int:
-        """How many stages just before this one kept nothing, read off the log history (so a resumed run counts
-        them too): every stage's record holds its `num_kept`."""
+    def empty_stages_before(self, stage: int) -> int:
+        """How many stages just before `stage` kept nothing, read off the log history (so a resumed run counts
+        them too): every stage's record holds its `stage` and `num_kept`."""
+        kept = {record["stage"]: record["num_kept"] for record in self.state.log_history if "num_kept" in record}
         count = 0
-        for record in reversed(self.state.log_history):
-            if "num_kept" in record:
-                if record["num_kept"] > 0:
-                    break
-                count += 1
+        while kept.get(stage - count - 1) == 0:
+            count += 1
         return count
 
     def generated_candidates(self, prompt_indices: list[int], prompts: list, positions: list[int]) -> dict:
@@ -509,7 +515,7 @@ class StageTrainer(Trainer):
             metrics["reward_dataset_mean"] = rewards[valid & ~sampled].mean().item()
         return {
             **metrics,
-            "reward_kept_mean": rewards[kept].mean().item(),
+            "reward_kept_mean": rewards[kept].mean().item() if kept.any() else 0.0,
             "num_kept": int(kept.sum()),
             "num_without_reward": int((~valid).sum()),
         }
@@ -601,7 +607,9 @@ class StageTrainer(Trainer):
         # Trainer's state, written last, marks a complete checkpoint (see checkpoints.py).
         if self.state.global_step % self.optimizer_steps_per_stage() != 0:
             with atomic_path(os.path.join(self.checkpoint_path(trial), self._stage_checkpoint_name())) as partial:
-                torch.save(self._stage_in_flight, partial)
+                # the stage's metrics only while they wait for a log record: once logged, a resumed run must not
+                # log them again
+                torch.save({**self._stage_in_flight, "metrics": dict(self._stage_metrics)}, partial)
         super()._save_checkpoint(model, trial)
         # The stages before this one are in the checkpoint now (once every process has saved its part): their
         # in-flight files are not needed any more.

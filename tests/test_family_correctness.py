@@ -384,3 +384,52 @@ def test_a_run_resumed_inside_a_passed_over_stage_ends_as_the_uninterrupted_one(
     again = passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, max_empty_stages=2)
     with pytest.raises(RuntimeError, match="stage 1 kept no candidate, the last of 2 such stages in a row"):
         again.train(resume_from_checkpoint=True)
+
+
+def test_a_resume_logged_by_steps_counts_each_empty_stage_once(make_model, tokenizer, prompts, make_args, tmp_path):
+    # With a log record every step, a stage's record is logged before its mid-stage checkpoint: the resumed run must
+    # neither log it again nor count the stage twice (here it would reach max_empty_stages=3 at stage 1).
+    logged = dict(logging_strategy="steps", logging_steps=1, max_empty_stages=3)
+    output_dir = tmp_path / "by-steps"
+    with pytest.raises(Crash):
+        passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, [CrashAfterStep(7)], **logged).train()
+    resumed = passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, **logged)
+    resumed.train(resume_from_checkpoint=True)
+    records = [(r["stage"], r["num_kept"]) for r in resumed.state.log_history if "num_kept" in r]
+    assert records == [(0, 0), (1, 0), (2, 4)]
+
+
+def test_the_adapters_dropout_is_off_too(make_model, tokenizer, prompts, make_args):
+    from peft import LoraConfig
+
+    trainer = RAFTTrainer(
+        make_model(**NO_DROPOUT),
+        scattered,
+        args=make_args(loss_type="raft++"),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=2, lora_dropout=0.1, target_modules=["c_attn"]),
+    )
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+
+
+def test_a_stage_is_not_passed_over_where_steps_without_gradients_cannot_be_made(
+    make_model, tokenizer, prompts, make_args
+):
+    # fp16's gradient scaler (and DeepSpeed) need gradients in every optimizer step: a clear error, not a crash
+    # deep in the scaler. No GPU here, so the scaler is stood in for.
+    from raft_trainer.stages import Pool, Selection
+
+    trainer = RAFTTrainer(
+        make_model(),
+        all_right,
+        args=make_args(reward_threshold=2.0),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+    )
+    trainer.accelerator.scaler = object()
+    rewards = torch.ones(4, dtype=torch.float64)
+    pool = Pool({"group": [0, 0, 1, 1]}, rewards, rewards[:, None], torch.ones(4, dtype=torch.bool), rewards)
+    with pytest.raises(RuntimeError, match="fp16's gradient scaler and DeepSpeed"):
+        trainer.pass_over(0, pool, Selection(torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)))

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # of these may still use its files.
 NOT_IDENTITY = {
     "output_dir",
+    "max_empty_stages",  # raised to resume after a run stopped on empty stages
     "logging_dir",
     "run_name",
     "report_to",
