@@ -68,6 +68,20 @@ def check_phase_arguments(args: RAFTConfig, has_candidate_dataset: bool = False)
         check_vllm_settings(args)
 
 
+def raft_config_of(args) -> RAFTConfig | None:
+    """`RAFTTrainer`'s `args`: a RAFTConfig, None, or a TRL GRPOConfig carried over (`RAFTConfig.from_grpo_config`)."""
+    if args is None or isinstance(args, RAFTConfig):
+        return args
+    from trl import GRPOConfig
+
+    if isinstance(args, GRPOConfig):
+        return RAFTConfig.from_grpo_config(args)
+    raise ValueError(
+        f"args must be a RAFTConfig (got {type(args).__name__}): RAFTConfig(output_dir=..., ...) takes every "
+        "TrainingArguments field too; a trl GRPOConfig is carried over (RAFTConfig.from_grpo_config)."
+    )
+
+
 def one_reward_argument(reward_funcs, reward_fn):
     """The trainers' rewards, given as `reward_funcs` (TRL's name) or by the former name `reward_fn`: one of them."""
     if reward_funcs is not None and reward_fn is not None:

@@ -1,6 +1,16 @@
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 
+from transformers import TrainingArguments
+
 from .stage_config import StageConfig, keyword_arguments, require
+
+# GRPOConfig fields that RAFTConfig takes under another name (docs/grpo_config.md).
+GRPO_EQUIVALENTS = {"beta": "kl_loss_coef", "num_iterations": "epochs_per_stage", "delta": "dual_clip"}
+# GRPOConfig fields named like RAFTConfig's that mean something else there, and GRPO's own bookkeeping of how its
+# updates fall into rounds of generation: none is carried over (beta is, as kl_loss_coef).
+GRPO_NOT_CARRIED = {"beta", "loss_type", "generation_batch_size", "steps_per_generation"}
 
 
 @dataclass
@@ -249,6 +259,54 @@ class RAFTConfig(StageConfig):
         )
         self.model_init_kwargs = keyword_arguments(self.model_init_kwargs, "model_init_kwargs")
         super().__post_init__()
+
+    @classmethod
+    def from_grpo_config(cls, grpo_config, **overrides) -> "RAFTConfig":
+        """The RAFT configuration of a TRL `GRPOConfig` (docs/grpo_config.md): every `TrainingArguments` field and
+        every field of the same name and meaning carried over; GRPO's `beta` (a KL loss) as `kl_loss_coef`,
+        `num_iterations` as `epochs_per_stage`, `delta` as `dual_clip`, the vLLM server's host and port as
+        `vllm_server_base_url`; `disable_dropout` only when on (RAFTConfig's default already turns it on for the
+        clipped losses). GRPO-only settings that would change training, set away from GRPO's defaults, are named in
+        one warning. `overrides` are RAFTConfig fields set on top (`num_stages=8`, `loss_type="raft++"`)."""
+        from trl import GRPOConfig
+
+        if not isinstance(grpo_config, GRPOConfig):
+            raise ValueError(f"from_grpo_config takes a trl GRPOConfig (got {type(grpo_config).__name__}).")
+        grpo_fields = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
+        values = {f.name: getattr(grpo_config, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        values.pop("num_train_epochs")  # a run's length is num_stages
+        own = set(grpo_fields) - set(values) - {"num_train_epochs"}
+        ours = set(cls.__dataclass_fields__)
+        for name in own & ours - GRPO_NOT_CARRIED - {"disable_dropout"}:
+            values[name] = getattr(grpo_config, name)
+        if grpo_config.disable_dropout:
+            values["disable_dropout"] = True
+        for name, raft_name in GRPO_EQUIVALENTS.items():
+            if getattr(grpo_config, name) is not None:
+                values[raft_name] = getattr(grpo_config, name)
+        if grpo_config.vllm_server_base_url is None and grpo_config.use_vllm and grpo_config.vllm_mode == "server":
+            values["vllm_server_base_url"] = f"http://{grpo_config.vllm_server_host}:{grpo_config.vllm_server_port}"
+        dropped = []
+        for name in sorted(own - ours - set(GRPO_EQUIVALENTS) - GRPO_NOT_CARRIED):
+            f = grpo_fields[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            resolved_at_init = default == "auto"  # e.g. pad_to_multiple_of, which GRPOConfig settles by device
+            carried = name in ("vllm_server_host", "vllm_server_port")
+            if not carried and not resolved_at_init and getattr(grpo_config, name) != default:
+                dropped.append(f"{name}={getattr(grpo_config, name)!r}")
+        if grpo_config.loss_type != "dapo":
+            dropped.append(
+                f"loss_type={grpo_config.loss_type!r} (RAFT's losses are token means over the step: 'dapo')"
+            )
+        if grpo_config.steps_per_generation != grpo_config.gradient_accumulation_steps:
+            dropped.append(
+                f"steps_per_generation={grpo_config.steps_per_generation} (a stage's steps: epochs_per_stage)"
+            )
+        if dropped:
+            logging.getLogger(__name__).warning(
+                "GRPOConfig settings RAFT does not have are left out (docs/grpo_config.md): %s.", ", ".join(dropped)
+            )
+        return cls(**{**values, **overrides})
 
     @property
     def dropout_disabled(self) -> bool:

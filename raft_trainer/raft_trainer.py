@@ -20,7 +20,7 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import losses
-from .arguments import check_raft_arguments, one_reward_argument
+from .arguments import check_raft_arguments, one_reward_argument, raft_config_of
 from .candidate_dataset import completions_by_prompt, prompt_key, prompts_with_completions
 from .memory import eval_mode, move_models, visiting
 from .metrics import distinct_n
@@ -53,8 +53,8 @@ class RAFTTrainer(StageTrainer):
         model (`str` or `PreTrainedModel`): the policy, or the id / path to load it from.
         reward_funcs: a reward function (TRL's convention, see `raft_trainer.rewards`), a reward-model id or
             `PreTrainedModel` (sequence classification, `num_labels=1`), or a list of these weighted by
-            `args.reward_weights`. `reward_fn=`, its former name, is still accepted.
-        args (`RAFTConfig`): the configuration.
+            `args.reward_weights`. `reward_fn=` is accepted as an alias.
+        args (`RAFTConfig`): the configuration; a trl `GRPOConfig` is carried over (`RAFTConfig.from_grpo_config`).
         train_dataset (`datasets.Dataset`): prompts in a `prompt` column, as text or as chat messages; the other
             columns are passed to the reward functions.
         processing_class: the policy's tokenizer (loaded from the model's path when omitted).
@@ -102,6 +102,7 @@ class RAFTTrainer(StageTrainer):
         reward_fn=None,
     ):
         reward_funcs = one_reward_argument(reward_funcs, reward_fn)
+        args = raft_config_of(args)
         for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
             if dataset is not None:
                 validate_prompt_dataset(dataset, f"eval_dataset{f'[{name!r}]' if name else ''}")

@@ -5,6 +5,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 from transformers import TrainingArguments
 from trl import GRPOConfig
 
@@ -47,3 +48,72 @@ def test_the_shared_names_with_another_meaning_are_explained():
     other = {name for name, status in rows.items() if status == "other meaning"}
     explained = set(re.findall(r"^\| `(\w+)` \|", PAGE.read_text().split("## Shared names")[1], re.M))
     assert other == explained == {"beta", "loss_type", "generation_batch_size"}
+
+
+def grpo_config(tmp_path, **overrides) -> GRPOConfig:
+    return GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        report_to="none",
+        **overrides,
+    )
+
+
+def test_a_grpo_config_carries_over(tmp_path, caplog):
+    grpo = grpo_config(
+        tmp_path,
+        learning_rate=3e-6,
+        temperature=0.7,
+        max_completion_length=12,
+        mask_truncated_completions=True,
+        epsilon_high=0.28,
+        beta=0.04,
+        num_iterations=2,
+        delta=3.0,
+        disable_dropout=True,
+        repetition_penalty=1.1,
+        entropy_coef=0.01,
+        loss_type="grpo",
+    )
+    with caplog.at_level("WARNING", logger="raft_trainer"):
+        args = RAFTConfig.from_grpo_config(grpo, num_stages=3)
+    carried = ("learning_rate", "temperature", "max_completion_length", "mask_truncated_completions", "epsilon_high")
+    assert [getattr(args, name) for name in carried] == [getattr(grpo, name) for name in carried]
+    assert (args.kl_loss_coef, args.beta, args.epochs_per_stage, args.dual_clip) == (0.04, 0.0, 2, 3.0)
+    assert args.disable_dropout and args.loss_type == "raft" and args.num_stages == 3
+    assert args.generation_batch_size == RAFTConfig.__dataclass_fields__["generation_batch_size"].default
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1  # one warning names every GRPO-only setting that was changed, and only those
+    assert "repetition_penalty=1.1" in warnings[0] and "entropy_coef=0.01" in warnings[0]
+    assert "loss_type='grpo'" in warnings[0] and "temperature" not in warnings[0]
+
+
+def test_a_grpo_config_at_its_defaults_carries_over_without_a_warning(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="raft_trainer"):
+        args = RAFTConfig.from_grpo_config(grpo_config(tmp_path))
+    assert caplog.records == []
+    assert args.disable_dropout is None  # RAFT's own default: off for raft, on for the clipped losses
+
+
+def test_raft_trainer_takes_a_grpo_config_and_refuses_other_args(tmp_path, make_model, tokenizer, prompts):
+    from raft_trainer import RAFTTrainer
+
+    from .helpers import share_of_apple
+
+    grpo = grpo_config(tmp_path, max_completion_length=6, learning_rate=1e-3, disable_tqdm=True, save_strategy="no")
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=grpo, train_dataset=prompts, processing_class=tokenizer)
+    assert isinstance(trainer.args, RAFTConfig) and trainer.args.learning_rate == 1e-3
+    trainer.args.num_stages = trainer.args.num_train_epochs = 1
+    trainer.train()
+    assert trainer.state.global_step > 0
+    with pytest.raises(ValueError, match="args must be a RAFTConfig"):
+        RAFTTrainer(
+            make_model(),
+            share_of_apple,
+            args=TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=True),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
