@@ -84,6 +84,19 @@ def record_candidates(trainer, step: str = "generate") -> list[dict]:
     return recorded
 
 
+def record_advantages(trainer) -> list[float]:
+    """Spy on the trainer's loss: the advantages of every sequence it trains on, in order."""
+    advantages = []
+    compute_loss = trainer.compute_loss
+
+    def spy(model, inputs, *rest, **kwargs):
+        advantages.extend(inputs["advantages"].tolist())
+        return compute_loss(model, inputs, *rest, **kwargs)
+
+    trainer.compute_loss = spy
+    return advantages
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

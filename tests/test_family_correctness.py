@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from raft_trainer import RAFTConfig, RAFTTrainer, reference
 from raft_trainer.stages import selection
 
-from .helpers import NO_DROPOUT, by_prompt, read_stage
+from .helpers import NO_DROPOUT, by_prompt, read_stage, record_advantages
 
 
 def scattered(completion_ids, **kwargs):
@@ -112,14 +112,7 @@ def test_reinforce_rej_with_a_threshold_judges_groups_by_accepted_against_reject
     trainer = RAFTTrainer(
         make_model(**NO_DROPOUT), graded, args=args, train_dataset=prompts, processing_class=tokenizer
     )
-    advantages = []
-    compute_loss = trainer.compute_loss
-
-    def spy(model, inputs, *rest, **kwargs):
-        advantages.extend(inputs["advantages"].tolist())
-        return compute_loss(model, inputs, *rest, **kwargs)
-
-    trainer.compute_loss = spy
+    advantages = record_advantages(trainer)
     trainer.train()
     for group in by_prompt(read_stage(args, 0), 4):
         kept = [row["selected"] for row in group]

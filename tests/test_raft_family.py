@@ -10,7 +10,7 @@ import torch
 from raft_trainer import RAFTConfig, RAFTTrainer, reference
 from raft_trainer.sequences import completion_token_log_probs
 
-from .helpers import NO_DROPOUT, by_prompt, read_stage, record_candidates
+from .helpers import NO_DROPOUT, by_prompt, read_stage, record_advantages, record_candidates
 
 
 def apple_or_not(completions, **kwargs):
@@ -151,14 +151,7 @@ def test_reinforce_rej_with_a_threshold_trains_accepted_samples_up_and_rejected_
     trainer = RAFTTrainer(
         make_model(**NO_DROPOUT), says_apple, args=args, train_dataset=prompts, processing_class=tokenizer
     )
-    advantages = []
-    compute_loss = trainer.compute_loss
-
-    def spy(model, inputs, *rest, **kwargs):
-        advantages.extend(inputs["advantages"].tolist())
-        return compute_loss(model, inputs, *rest, **kwargs)
-
-    trainer.compute_loss = spy
+    advantages = record_advantages(trainer)
     trainer.train()
     kept = [row["reward"] for row in read_stage(args, 0) if row["selected"]]
     assert kept and set(kept) == {0.0, 1.0}  # mixed groups only, right and wrong answers both kept
