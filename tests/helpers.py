@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, load_dataset
+from transformers import TrainerCallback
 
 from raft_trainer.stages.stage_files import stage_file_path
 
@@ -111,6 +112,21 @@ def by_prompt(rows: Dataset, num_generations: int) -> list[list[dict]]:
     """The stage file's rows, grouped into the K candidates of each drawn prompt (they are written prompt-major)."""
     rows = rows.to_list()
     return [rows[i : i + num_generations] for i in range(0, len(rows), num_generations)]
+
+
+class Crash(Exception):
+    """A crash a resume test plants (in a reward function, or after a step)."""
+
+
+class CrashAtStep(TrainerCallback):
+    """Raises `Crash` once the Trainer has finished optimizer step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Crash(f"planted crash after step {self.step}")
 
 
 class PlantedCrash(Exception):

@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from raft_trainer import RAFTConfig, RAFTTrainer, reference
 from raft_trainer.stages import selection
 
-from .helpers import NO_DROPOUT, by_prompt, read_stage, record_advantages
+from .helpers import NO_DROPOUT, Crash, CrashAtStep, by_prompt, read_stage, record_advantages
 
 
 def scattered(completion_ids, **kwargs):
@@ -310,19 +309,6 @@ def test_an_ended_and_a_truncated_completion_of_the_same_text_are_distinct(make_
     assert keys[0] == keys[2] and keys[0] != keys[1]
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAfterStep(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"planted crash after step {self.step}")
-
-
 def reachable_from_stage_two(completions, trainer_state, **kwargs):
     """Stages 0 and 1 (4 steps each) keep nothing at reward_threshold=1; from stage 2 every sample passes."""
     return [float(trainer_state.global_step >= 8)] * len(completions)
@@ -359,7 +345,7 @@ def test_a_run_resumed_inside_a_passed_over_stage_ends_as_the_uninterrupted_one(
 
     output_dir = tmp_path / "crashed"
     with pytest.raises(Crash):  # inside stage 1, itself passed over, after stage 0 was
-        passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, [CrashAfterStep(7)]).train()
+        passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, [CrashAtStep(7)]).train()
     resumed = passing_trainer(make_model, tokenizer, prompts, make_args, output_dir)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == reference_run.state.global_step == 12
@@ -372,7 +358,7 @@ def test_a_run_resumed_inside_a_passed_over_stage_ends_as_the_uninterrupted_one(
     output_dir = tmp_path / "stopped"
     with pytest.raises(Crash):
         passing_trainer(
-            make_model, tokenizer, prompts, make_args, output_dir, [CrashAfterStep(4)], max_empty_stages=2
+            make_model, tokenizer, prompts, make_args, output_dir, [CrashAtStep(4)], max_empty_stages=2
         ).train()
     again = passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, max_empty_stages=2)
     with pytest.raises(RuntimeError, match="stage 1 kept no candidate, the last of 2 such stages in a row"):
@@ -385,7 +371,7 @@ def test_a_resume_logged_by_steps_counts_each_empty_stage_once(make_model, token
     logged = dict(logging_strategy="steps", logging_steps=1, max_empty_stages=3)
     output_dir = tmp_path / "by-steps"
     with pytest.raises(Crash):
-        passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, [CrashAfterStep(7)], **logged).train()
+        passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, [CrashAtStep(7)], **logged).train()
     resumed = passing_trainer(make_model, tokenizer, prompts, make_args, output_dir, **logged)
     resumed.train(resume_from_checkpoint=True)
     records = [(r["stage"], r["num_kept"]) for r in resumed.state.log_history if "num_kept" in r]

@@ -4,19 +4,14 @@ import os
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from raft_trainer import RAFTTrainer
 from raft_trainer.stages.stage_files import stage_file_path
 
-from .helpers import NO_DROPOUT, share_of_apple
+from .helpers import NO_DROPOUT, Crash, CrashAtStep, share_of_apple
 
 NUM_STAGES = 3
 STEPS_PER_STAGE = 4  # epochs_per_stage=2 x (4 prompts / batch 2)
-
-
-class Crash(Exception):
-    pass
 
 
 class CountingReward:
@@ -33,15 +28,6 @@ class CountingReward:
         if self.calls == self.crash_at_call:
             raise Crash("planted crash in the reward function")
         return share_of_apple(**kwargs)
-
-
-class CrashAtStep(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"planted crash after step {self.step}")
 
 
 def make_trainer(make_model, tokenizer, prompts, make_args, output_dir, reward, callbacks=None):
