@@ -462,7 +462,7 @@ class RAFTTrainer(StageTrainer):
         # the optimizer step (`num_items_in_batch`), so that neither gradient accumulation nor how the kept set falls
         # into batches changes the update. Without it (a model that takes no loss keywords) each micro-batch is a
         # token mean, which the Trainer divides by the accumulation steps.
-        num_tokens = num_items_in_batch
+        num_tokens = num_items_in_batch  # a count over the whole step, or None
         if args.uses_policy_ratio:
             epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
             loss, clip_fraction, ratio_mean = losses.clipped_policy_loss(
@@ -525,11 +525,13 @@ class RAFTTrainer(StageTrainer):
     def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
         kept_texts = [text for text, is_kept in zip(candidates["completion"], kept.tolist()) if is_kept]
         metrics = {"kept_distinct_1": distinct_n(kept_texts, 1), "kept_distinct_2": distinct_n(kept_texts, 2)}
-        sampled_lengths = [
-            len(ids) for ids, sampled in zip(candidates["completion_ids"], self.model_samples(candidates)) if sampled
-        ]
-        if sampled_lengths:
+        sampled = self.model_samples(candidates)  # the length, entropy and truncation figures are of these
+        if sampled.any():
+            sampled_lengths = [
+                len(ids) for ids, is_sampled in zip(candidates["completion_ids"], sampled) if is_sampled
+            ]
             metrics["completion_length_mean"] = sum(sampled_lengths) / len(sampled_lengths)
+            metrics["truncated_share"] = self.truncated(candidates)[sampled].float().mean().item()
         if "source" in candidates:
             from_dataset = [source == "dataset" for source, is_kept in zip(candidates["source"], kept) if is_kept]
             metrics["kept_from_dataset"] = sum(from_dataset) / max(1, len(from_dataset))
@@ -537,13 +539,8 @@ class RAFTTrainer(StageTrainer):
             kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
             metrics["kl_mean"] = kl.mean().item()
         if "entropy" in candidates:  # the sampling distribution's mean token entropy on the model's own samples
-            entropies = [
-                value for value, sampled in zip(candidates["entropy"], self.model_samples(candidates)) if sampled
-            ]
+            entropies = [value for value, is_sampled in zip(candidates["entropy"], sampled) if is_sampled]
             metrics["entropy"] = sum(entropies) / max(1, len(entropies))
-        sampled = self.model_samples(candidates)
-        if sampled.any():
-            metrics["truncated_share"] = self.truncated(candidates)[sampled].float().mean().item()
         if self.args.loss_type == "reinforce_rej":
             groups = torch.tensor(candidates["group"])
             metrics["groups_dropped"] = 1 - len(torch.unique(groups[kept])) / len(torch.unique(groups))
