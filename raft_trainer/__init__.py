@@ -1,10 +1,9 @@
 """RAFT (Reward rAnked FineTuning, Dong et al., TMLR 2023) on the Hugging Face stack."""
 
 from .interruption import TrainingInterrupted
-from .lazy import lazy_attributes
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
-from .rewards import RewardModel
+from .rewards import RewardModel, lazy_attributes
 from .stage_config import StageConfig
 from .stage_trainer import StageTrainer
 

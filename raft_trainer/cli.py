@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from datasets import load_dataset
 from trl import TrlParser
 
-from .arguments import check_phase_arguments, check_raft_arguments
-from .phases import finetune_phase, generate_phase, score_phase
+from .phases import check_phase_arguments, finetune_phase, generate_phase, score_phase
 from .raft_config import RAFTConfig
 from .raft_trainer import RAFTTrainer
 from .reporting.console import quiet_dependencies
 from .reporting.summary import train_and_report
-from .tasks.prompt_datasets import load_prompts
+from .tasks import load_prompts
 from .tasks.toy.pipeline import prepare_models
 from .tasks.toy.world import make_world, true_score
 
@@ -128,7 +127,7 @@ def run(argv: list[str] | None = None) -> dict:
         path = run_phase(script_args, args)
         print(f"Wrote {path}")
         return {"path": path}
-    check_raft_arguments(args, has_candidate_dataset=has_candidate_dataset, dataset_loaded=False)
+    RAFTTrainer.check_arguments(args, candidate_dataset=script_args.candidate_dataset_name, datasets_loaded=False)
     if script_args.model_name_or_path is None:
         world = make_world(seed=args.seed, num_pairs=script_args.toy_num_pairs, num_eval=script_args.num_eval_prompts)
         models = prepare_models(

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from transformers import TrainerCallback
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -70,15 +71,15 @@ class StopOnSignalCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer.stop_requested():
+        if self.trainer._stop_requested():
             control.should_save = True
             control.should_training_stop = True
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.trainer.stop_requested():
+        if self.trainer._stop_requested():
             control.should_evaluate = False
-            control.should_save = not self.trainer.checkpoint_saved_at_this_step()
+            control.should_save = not self.trainer._checkpoint_saved_at_this_step()
             control.should_training_stop = True
         return control
 
@@ -86,3 +87,19 @@ class StopOnSignalCallback(TrainerCallback):
 class StopAtPhaseEnd(Exception):
     """Raised inside a stage, after its generation or scoring, to leave the Trainer's loop on a signal; `train()`
     turns it into `TrainingInterrupted`."""
+
+
+# What the processes of a run agree on, with one all-reduce of a small integer: every process then takes the same
+# path through a stage (stopping, or resuming a phase from disk), and so makes the same collective calls (a process
+# that took another path would leave the others waiting in a gather).
+def largest(accelerator, value: int) -> int:
+    """The largest of every process's `value` (the value itself with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor(value, device=accelerator.device)
+    return int(accelerator.reduce(tensor, reduction="max").item())
+
+
+def on_every_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on every process: no process has it False."""
+    return largest(accelerator, int(not flag)) == 0

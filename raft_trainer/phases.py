@@ -9,7 +9,9 @@ The files are the hand-off, so each phase may run on another machine (`raft-trai
 Trainer's data parallelism, finetune), and the main process writes the file. A stage draws the same prompts as
 `RAFTTrainer` does, ranks them the same way and trains on the same token ids with the same loss; but
 each fine-tuning phase starts a fresh optimizer and learning-rate schedule (as LMFlow's RAFT does), and candidates are
-ranked by reward alone (the KL-penalised score needs the policy and the reference beside the reward).
+ranked by reward alone (the KL-penalised score needs the policy and the reference beside the reward). The phases take
+the stage cycle's own steps: the draw (`stages.prompts.draw_prompts`), the groups (`Draw.label`), the gathered pool
+(`Pool.gather`) and the configuration's selection rule (`RAFTConfig.selection_rule`).
 """
 
 import copy
@@ -24,8 +26,14 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, set_seed
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from .arguments import check_phase_arguments
-from .files import write_json
+from .files import (
+    candidates_file_path,
+    settings_file_path,
+    stage_file_path,
+    stage_model_path,
+    write_json,
+    write_stage_file,
+)
 from .memory import move_models
 from .models import resolve_model_name
 from .raft_config import RAFTConfig
@@ -37,21 +45,24 @@ from .sequences import (
     load_tokenizer,
     sft_example,
     tokenize_prompts,
+    truncated_flags,
 )
-from .stages import selection
-from .stages.prompts import contiguous_share, each_prompt_repeated, stage_prompt_indices, validate_prompt_dataset
+from .stages import Pool
+from .stages.prompts import contiguous_share, draw_prompts, each_prompt_repeated, validate_prompt_dataset
 from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
-from .stages.stage_files import (
-    candidates_file_path,
-    settings_file_path,
-    stage_file_path,
-    stage_model_path,
-    write_stage_file,
-)
-from .vllm_sampling import sample_with_vllm, vllm_generation
+from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
 # The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
-CANDIDATE_COLUMNS = ("stage", "group", "prompt_index", "prompt", "completion", "prompt_ids", "completion_ids")
+CANDIDATE_COLUMNS = (
+    "stage",
+    "group",
+    "prompt_index",
+    "prompt",
+    "completion",
+    "truncated",
+    "prompt_ids",
+    "completion_ids",
+)
 # Columns the score phase adds; a dataset column may not take any of these names either.
 STAGE_COLUMNS = ("completion_length", "reward", "selected")
 # The settings a candidates file was made with, which the score phase must share to rank it as intended.
@@ -73,53 +84,51 @@ def generate_phase(
         )
     check_phase_arguments(args)
     processes = PartialState()
-    if args.prompts_drawn_per_stage < processes.num_processes:
-        raise ValueError(
-            f"the {args.prompts_drawn_per_stage} prompts a stage draws are fewer than the {processes.num_processes} "
-            "processes: raise prompts_per_stage."
-        )
+    args.check_processes(processes.num_processes)
     from_memory = isinstance(model, PreTrainedModel)  # its weights may differ from the checkpoint vLLM loads
     model, tokenizer = load_policy(model, processing_class, args)
     train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
-    drawn = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(train_dataset), args.seed)
-    places = contiguous_share(range(len(drawn)), processes.process_index, processes.num_processes)
-    mine = [drawn[place] for place in places]
+    draw = draw_prompts(
+        stage,
+        train_dataset,
+        args.prompts_drawn_per_stage,
+        args.seed,
+        processes.process_index,
+        processes.num_processes,
+    )
+    mine = [prompt_ids[i] for i in draw.prompt_indices]
     set_seed(int(np.random.SeedSequence([args.seed, stage, processes.process_index]).generate_state(1)[0]))
+    generation_config = candidate_generation_config(model, tokenizer, args)
     if args.use_vllm:
         if from_memory:
             model.to(args.device)  # pushed to vLLM from the accelerator
         engine = vllm_generation(model, Accelerator(), tokenizer, args)
-        completion_ids = sample_with_vllm(
-            engine, [prompt_ids[i] for i in mine], args.generations_per_prompt, sync_weights=from_memory
-        )
+        completion_ids = sample_with_vllm(engine, mine, args.generations_per_prompt, sync_weights=from_memory)
     else:
         completion_ids = generate_completions(
             model.to(args.device),
-            [prompt_ids[i] for i in mine],
-            candidate_generation_config(model, tokenizer, args),
+            mine,
+            generation_config,
             args.generations_per_prompt,
             args.generation_batch_size,
             show_progress=not args.disable_tqdm and processes.is_local_main_process,
         )
     prompt_of = each_prompt_repeated(len(mine), args.generations_per_prompt)
-    prompt_rows = train_dataset.select(mine).to_dict()
-    prompts = prompt_rows.pop("prompt")
-    columns = {
+    candidates = {
         "stage": [stage] * len(prompt_of),
-        "group": [places[i] for i in prompt_of],
-        "prompt_index": [mine[i] for i in prompt_of],
-        "prompt": [prompts[i] for i in prompt_of],
         "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
-        "prompt_ids": [prompt_ids[mine[i]] for i in prompt_of],
+        "truncated": truncated_flags(completion_ids, generation_config.eos_token_id),
+        "prompt_ids": [mine[i] for i in prompt_of],
         "completion_ids": completion_ids,
-        **{name: [values[i] for i in prompt_of] for name, values in prompt_rows.items()},
     }
+    columns = draw.label(candidates, prompt_of)
     if processes.is_main_process:
         write_json(
             settings_file_path(args.output_dir, stage), {name: getattr(args, name) for name in RANKING_SETTINGS}
         )
+    rows = {**{name: candidates[name] for name in CANDIDATE_COLUMNS}, **columns}
     path = candidates_file_path(args.output_dir, stage)
-    write_on_main_process({name: gather_object(values) for name, values in columns.items()}, path, processes)
+    write_on_main_process({name: gather_object(values) for name, values in rows.items()}, path, processes)
     return path
 
 
@@ -169,12 +178,23 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         **{name: values for name, values in mine.items() if name not in CANDIDATE_COLUMNS},
         "trainer_state": None,  # no Trainer runs this phase
     }
-    rewards, rewards_per_func = (
-        torch.cat(gather_object([tensor])) for tensor in score_candidates(reward_funcs, weights, kwargs, args.device)
+    rewards, rewards_per_func = score_candidates(reward_funcs, weights, kwargs, args.device)
+    pool = Pool.gather(
+        {
+            "candidates": {name: mine[name] for name in CANDIDATE_COLUMNS},
+            "rewards": rewards,
+            "rewards_per_func": rewards_per_func,
+            "kept_by_filter": torch.ones(len(rewards), dtype=torch.bool),
+            "scores": rewards,  # by reward alone (see the module docstring)
+        }
     )
-    kept = selection.select(rewards, args.ranking, torch.tensor(columns["group"]), args.prompts_per_stage)
-    if not kept.any():
-        raise RuntimeError(f"stage {stage} kept no candidate: none got a reward (None/NaN).")
+    chosen = args.selection_rule().select(pool)
+    if not chosen.kept.any():
+        rewarded = int((~torch.isnan(pool.rewards)).sum())
+        raise RuntimeError(
+            f"stage {stage} kept no candidate: {rewarded} of {len(pool.rewards)} got a reward{chosen.rule}."
+        )
+    rewards, rewards_per_func, kept = pool.rewards, pool.rewards_per_func, chosen.kept
     rows = {
         **columns,
         "completion_length": [len(ids) for ids in columns["completion_ids"]],
@@ -212,6 +232,25 @@ def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, p
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the phase's loss log, beside the model
     return output_dir
+
+
+def check_phase_arguments(args: RAFTConfig, has_candidate_dataset: bool = False) -> None:
+    """Reject what the decoupled phases cannot run, before any model loads: they rank the model's own samples, and
+    the finetune phase trains with the SFT loss."""
+    if args.candidate_source != "model" or has_candidate_dataset:
+        raise ValueError(
+            f"candidate_source={args.candidate_source!r}"
+            f"{' with a candidate dataset' if has_candidate_dataset else ''}: the phases rank the model's samples "
+            "only; set candidate_source='model' without a candidate dataset (raft-train: drop "
+            "--candidate_dataset_name), or use RAFTTrainer for candidates from a dataset."
+        )
+    if args.loss_type != "raft" or args.kl_loss_coef > 0:
+        raise ValueError(
+            f"loss_type={args.loss_type!r}, kl_loss_coef={args.kl_loss_coef}: the finetune phase trains with the SFT "
+            "loss only; set loss_type='raft' and kl_loss_coef=0, or use RAFTTrainer for RAFT++ and Reinforce-Rej."
+        )
+    if args.use_vllm:
+        check_vllm_settings(args)
 
 
 def check_stage(stage: int) -> None:

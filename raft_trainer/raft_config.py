@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .stage_config import StageConfig, keyword_arguments, require
+from .stages.selection import SelectionRule
 
 # GRPOConfig fields that RAFTConfig takes under another name (docs/grpo_config.md).
 GRPO_EQUIVALENTS = {"beta": "kl_loss_coef", "num_iterations": "epochs_per_stage", "delta": "dual_clip"}
@@ -308,6 +309,23 @@ class RAFTConfig(StageConfig):
             )
         return cls(**{**values, **overrides})
 
+    def selection_rule(self) -> SelectionRule:
+        """The stage cycle's rule with what the language-model losses add: truncated completions rejected with
+        `mask_truncated_completions`; distinct completions, where an ended and a truncated one of the same text
+        differ (one ends with the end-of-sequence token); Reinforce-Rej keeps the groups with contrast."""
+        return dataclasses.replace(
+            super().selection_rule(),
+            rejected_column="truncated" if self.mask_truncated_completions else None,
+            distinct_columns=("completion", "truncated"),
+            contrast_groups=self.loss_type == "reinforce_rej",
+        )
+
+    @property
+    def reads_sampling_log_probs(self) -> bool:
+        """Whether a stage reads its samples' token log-probs and entropy under the sampling policy: for the clipped
+        losses' ratio, or to log the entropy."""
+        return self.uses_policy_ratio or self.log_entropy
+
     @property
     def dropout_disabled(self) -> bool:
         """Whether the policy's dropout is turned off: `disable_dropout`, or by default for the clipped losses."""
@@ -317,3 +335,17 @@ class RAFTConfig(StageConfig):
     def uses_policy_ratio(self) -> bool:
         """Whether the loss needs the sampling policy's log-probs (RAFT++ and Reinforce-Rej)."""
         return self.loss_type != "raft"
+
+
+def as_raft_config(args) -> RAFTConfig | None:
+    """`RAFTTrainer`'s `args`: a RAFTConfig, None, or a TRL GRPOConfig carried over (`RAFTConfig.from_grpo_config`)."""
+    if args is None or isinstance(args, RAFTConfig):
+        return args
+    from trl import GRPOConfig
+
+    if isinstance(args, GRPOConfig):
+        return RAFTConfig.from_grpo_config(args)
+    raise ValueError(
+        f"args must be a RAFTConfig (got {type(args).__name__}): RAFTConfig(output_dir=..., ...) takes every "
+        "TrainingArguments field too; a trl GRPOConfig is carried over (RAFTConfig.from_grpo_config)."
+    )

@@ -20,15 +20,15 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import losses
-from .arguments import check_raft_arguments, one_reward_argument, raft_config_of
 from .candidate_dataset import completions_by_prompt, prompt_key, prompts_with_completions
 from .memory import eval_mode, move_models, visiting
 from .metrics import distinct_n
 from .models import resolve_model_name
-from .raft_config import RAFTConfig
-from .rewards import as_reward_functions
+from .raft_config import RAFTConfig, as_raft_config
+from .rewards import as_reward_functions, one_reward_argument
 from .sequences import (
     PolicyLossCollator,
+    TextCandidates,
     candidate_generation_config,
     completion_reward_inputs,
     completion_token_log_probs,
@@ -39,11 +39,12 @@ from .sequences import (
     per_token_log_probs,
     sft_example,
     tokenize_prompts,
+    truncated_flags,
 )
 from .stage_trainer import StageTrainer
-from .stages import Candidates, Pool, Selection, selection
+from .stages import selection
 from .stages.prompts import each_prompt_repeated, validate_prompt_dataset
-from .vllm_sampling import sample_with_vllm, vllm_generation
+from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
 
 class RAFTTrainer(StageTrainer):
@@ -77,10 +78,6 @@ class RAFTTrainer(StageTrainer):
             from (prompt engineering: generate from x~, train on x); the policy is still trained on the original.
     """
 
-    # With kept_per_prompt > 1 a prompt keeps distinct completions only: an ended and a truncated completion of the
-    # same text differ (one ends with the end-of-sequence token), and are trained on as such.
-    distinct_columns = ("completion", "truncated")
-
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -102,16 +99,13 @@ class RAFTTrainer(StageTrainer):
         reward_fn=None,
     ):
         reward_funcs = one_reward_argument(reward_funcs, reward_fn)
-        args = raft_config_of(args)
-        for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
-            if dataset is not None:
-                validate_prompt_dataset(dataset, f"eval_dataset{f'[{name!r}]' if name else ''}")
+        args = as_raft_config(args)
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = RAFTConfig(output_dir=f"{name.split('/')[-1]}-RAFT")
         # Everything about the prompts is checked before any model is loaded.
-        check_raft_arguments(
-            args, train_dataset, candidate_dataset is not None, candidate_model, prompt_for_generation
+        self.check_arguments(
+            args, train_dataset, eval_dataset, candidate_dataset, candidate_model, prompt_for_generation
         )
         model_id = resolve_model_name(model) if isinstance(model, str) else None  # the packaged SmolLM2 by name
         processing_class = load_tokenizer(model_id or model.name_or_path, processing_class)
@@ -212,16 +206,56 @@ class RAFTTrainer(StageTrainer):
         if args.use_vllm:
             self.vllm_generation = vllm_generation(self.model, self.accelerator, processing_class, args)
 
+    @staticmethod
+    def check_arguments(
+        args: RAFTConfig,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        candidate_dataset=None,
+        candidate_model=None,
+        prompt_for_generation: Callable | None = None,
+        *,
+        datasets_loaded: bool = True,
+    ) -> None:
+        """Reject what RAFTTrainer cannot run, before any model is loaded (a mistake costs a second, not a download):
+        the data and how the arguments go together; the values alone are RAFTConfig's own checks. raft-train calls
+        it with `datasets_loaded=False` before it loads anything (`candidate_dataset` then stands for its name)."""
+        if datasets_loaded:
+            validate_prompt_dataset(train_dataset)
+            for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+                if dataset is not None:
+                    validate_prompt_dataset(dataset, f"eval_dataset{f'[{name!r}]' if name else ''}")
+        if prompt_for_generation is not None and not callable(prompt_for_generation):
+            raise ValueError(f"prompt_for_generation must be a callable (got {type(prompt_for_generation).__name__}).")
+        given = candidate_dataset is not None
+        if given != (args.candidate_source != "model"):
+            raise ValueError(
+                f"candidate_source={args.candidate_source!r} with candidate_dataset "
+                f"{'given' if given else 'missing'}: pass a candidate_dataset (raft-train: --candidate_dataset_name) "
+                "with candidate_source 'dataset' or 'both', and none with 'model'."
+            )
+        if args.use_vllm:
+            check_vllm_settings(args)
+        if args.candidate_source == "dataset" and (candidate_model is not None or prompt_for_generation is not None):
+            raise ValueError(
+                "candidate_source='dataset' samples nothing, so candidate_model and prompt_for_generation would go "
+                "unused: drop them, or set candidate_source='both'."
+            )
+        if args.use_vllm and candidate_model is not None:
+            raise ValueError(
+                "use_vllm=True samples with the policy: drop candidate_model, or set use_vllm=False to sample with it."
+            )
+
     # ----------------------------------------------------------------------------------------------------------------
     # Generation
     # ----------------------------------------------------------------------------------------------------------------
 
-    def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
+    def generate(self, prompt_indices: list[int], prompts: list) -> TextCandidates:
         return self.gathered_candidates(prompt_indices)
 
-    def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
+    def scored_candidates(self, candidates: TextCandidates, columns: dict[str, list]) -> dict:
         scored = super().scored_candidates(candidates, columns)
-        if self.args.uses_policy_ratio or self.args.log_entropy:
+        if self.args.reads_sampling_log_probs:
             # pi_old: the policy at the stage's start, which sampled it; one batched forward, no second model. Taken
             # after the sample filter, which may have replaced completions, so that they are the trained tokens'.
             policy = self.accelerator.unwrap_model(self.model)
@@ -231,7 +265,7 @@ class RAFTTrainer(StageTrainer):
             )
         return scored
 
-    def gathered_candidates(self, prompt_indices: list[int]) -> Candidates:
+    def gathered_candidates(self, prompt_indices: list[int]) -> TextCandidates:
         """The policy's samples of the prompts, and their completions from the candidate dataset if there is one."""
         candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "truncated": [], "prompt_position": []}
         if self.args.candidate_source != "dataset":
@@ -248,7 +282,7 @@ class RAFTTrainer(StageTrainer):
                     candidates["source"].append("dataset")
         return candidates
 
-    def sampled_candidates(self, prompt_indices: list[int]) -> Candidates:
+    def sampled_candidates(self, prompt_indices: list[int]) -> TextCandidates:
         """`generations_per_prompt` completions of each prompt, sampled by the policy or the candidate model."""
         per_prompt = self.args.generations_per_prompt
         prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
@@ -262,8 +296,7 @@ class RAFTTrainer(StageTrainer):
             with visiting(self.candidate_model, self.accelerator.device, self.args.offload_inactive_models):
                 completion_ids = self.sample(self.candidate_model, generation_prompt_ids)
         completions = self.candidate_tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        # A completion is cut at its first eos token; one without any ran into max_completion_length.
-        truncated = [not ids or ids[-1] not in self.generation_config.eos_token_id for ids in completion_ids]
+        truncated = truncated_flags(completion_ids, self.generation_config.eos_token_id)
         if self.candidate_model is not None:
             completion_ids = self.policy_tokens(completions, completion_ids)
         return {
@@ -274,7 +307,7 @@ class RAFTTrainer(StageTrainer):
             "prompt_position": each_prompt_repeated(len(prompt_indices), per_prompt),
         }
 
-    def evaluation_candidates(self, prompts: list) -> Candidates:
+    def evaluation_candidates(self, prompts: list) -> TextCandidates:
         """One completion per held-out prompt, sampled by the policy with the training settings."""
         _, prompt_ids = tokenize_prompts(Dataset.from_dict({"prompt": prompts}), self.processing_class, None)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
@@ -288,7 +321,7 @@ class RAFTTrainer(StageTrainer):
             "prompt_position": list(range(len(prompts))),
         }
 
-    def evaluation_metrics(self, candidates: Candidates) -> dict[str, float]:
+    def evaluation_metrics(self, candidates: TextCandidates) -> dict[str, float]:
         lengths = torch.tensor([len(ids) for ids in candidates["completion_ids"]], dtype=torch.float64)
         return {"completion_length": torch.cat(gather_object([lengths])).mean().item()}
 
@@ -311,10 +344,10 @@ class RAFTTrainer(StageTrainer):
             for ids, candidate in zip(token_ids, candidate_ids)
         ]
 
-    def reward_inputs(self, candidates: Candidates) -> dict:
+    def reward_inputs(self, candidates: TextCandidates) -> dict:
         return completion_reward_inputs(candidates)
 
-    def replace_candidate(self, candidates: Candidates, index: int, replacement: str) -> None:
+    def replace_candidate(self, candidates: TextCandidates, index: int, replacement: str) -> None:
         """A sample filter's cleaned text replaces the completion; it keeps its end-of-sequence token, if any."""
         ended = (
             bool(candidates["completion_ids"][index]) and candidates["completion_ids"][index][-1] in self.eos_token_ids
@@ -327,35 +360,7 @@ class RAFTTrainer(StageTrainer):
     # Ranking and selection
     # ----------------------------------------------------------------------------------------------------------------
 
-    def select(self, pool: Pool) -> Selection:
-        """RAFT and RAFT++: the stage cycle's ranked selection. Reinforce-Rej: every rewarded candidate (not
-        truncated, with `mask_truncated_completions`) of the prompts whose rewards differ, or with
-        `reward_threshold` whose samples are neither all accepted nor all rejected; wrong answers too."""
-        if self.args.loss_type != "reinforce_rej":
-            return super().select(pool)
-        eligible = ~torch.isnan(pool.rewards)
-        if self.args.mask_truncated_completions:
-            eligible &= ~self.truncated(pool.candidates)
-        rewards = selection.exclude(pool.rewards, ~eligible)
-        kept = selection.mixed_groups(rewards, pool.groups, self.args.reward_threshold)
-        accepted = self.accepted(pool.candidates, pool.rewards) if self.rejects_candidates() else None
-        contrast = "accepted and rejected samples" if self.args.reward_threshold is not None else "rewards that differ"
-        return Selection(kept, accepted, f", and none of the {len(pool.groups.unique())} prompts had {contrast}")
-
-    def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
-        accepted = super().accepted(candidates, rewards)
-        if self.args.mask_truncated_completions:
-            accepted &= ~self.truncated(candidates)
-        return accepted
-
-    def rejects_candidates(self) -> bool:
-        return super().rejects_candidates() or self.args.mask_truncated_completions
-
-    def truncated(self, candidates: Candidates) -> torch.Tensor:
-        """The mask of candidates cut off at `max_completion_length` (a dataset completion never is)."""
-        return torch.tensor(candidates["truncated"], dtype=torch.bool)
-
-    def ranking_scores(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
+    def ranking_scores(self, candidates: TextCandidates, rewards: torch.Tensor) -> torch.Tensor:
         if self.args.beta == 0:
             return rewards
         examples = self.sft_examples(candidates, range(len(rewards)))
@@ -395,10 +400,10 @@ class RAFTTrainer(StageTrainer):
         training batch size, which is sized for the memory those logits take (a generation batch may be far larger)."""
         return self.args.per_device_train_batch_size
 
-    def sft_examples(self, candidates: Candidates, indices) -> list[dict]:
+    def sft_examples(self, candidates: TextCandidates, indices) -> list[dict]:
         return [sft_example(candidates["prompt_ids"][i], candidates["completion_ids"][i]) for i in indices]
 
-    def training_examples(self, candidates: Candidates, kept_indices) -> list[dict]:
+    def training_examples(self, candidates: TextCandidates, kept_indices) -> list[dict]:
         """The SFT examples of the kept candidates; for RAFT++ and Reinforce-Rej with their sampling log-probs and
         advantage (1 for RAFT++'s accepted samples, the reward for Reinforce-Rej), and with the KL loss with the
         reference model's log-probs (computed once a stage, the reference being frozen)."""
@@ -504,15 +509,15 @@ class RAFTTrainer(StageTrainer):
         )
         return self.args.epochs_per_stage * batches_per_pass
 
-    def model_samples(self, candidates: Candidates) -> torch.Tensor:
-        if "source" not in candidates:
+    def model_samples(self, candidates: TextCandidates) -> torch.Tensor:
+        if self.dataset_candidates is None:
             return super().model_samples(candidates)
         return torch.tensor([source == "model" for source in candidates["source"]], dtype=torch.bool)
 
-    def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
+    def stage_file_columns(self, candidates: TextCandidates) -> dict[str, list]:
         columns = {name: candidates[name] for name in ("prompt_index", "prompt", "completion")}
         columns["completion_length"] = [len(ids) for ids in candidates["completion_ids"]]
-        if "source" in candidates:
+        if self.dataset_candidates is not None:
             columns["source"] = candidates["source"]
         if self.args.mask_truncated_completions:
             columns["truncated"] = candidates["truncated"]
@@ -522,7 +527,7 @@ class RAFTTrainer(StageTrainer):
             columns["old_log_probs"] = candidates["old_log_probs"]  # per completion token, at the sampling temperature
         return columns
 
-    def stage_metrics(self, candidates: Candidates, kept: torch.Tensor) -> dict:
+    def stage_metrics(self, candidates: TextCandidates, kept: torch.Tensor) -> dict:
         kept_texts = [text for text, is_kept in zip(candidates["completion"], kept.tolist()) if is_kept]
         metrics = {"kept_distinct_1": distinct_n(kept_texts, 1), "kept_distinct_2": distinct_n(kept_texts, 2)}
         sampled = self.model_samples(candidates)  # the length, entropy and truncation figures are of these
@@ -531,14 +536,14 @@ class RAFTTrainer(StageTrainer):
                 len(ids) for ids, is_sampled in zip(candidates["completion_ids"], sampled) if is_sampled
             ]
             metrics["completion_length_mean"] = sum(sampled_lengths) / len(sampled_lengths)
-            metrics["truncated_share"] = self.truncated(candidates)[sampled].float().mean().item()
-        if "source" in candidates:
+            metrics["truncated_share"] = torch.tensor(candidates["truncated"])[sampled].float().mean().item()
+        if self.dataset_candidates is not None:
             from_dataset = [source == "dataset" for source, is_kept in zip(candidates["source"], kept) if is_kept]
             metrics["kept_from_dataset"] = sum(from_dataset) / max(1, len(from_dataset))
         if self.args.beta > 0:
             kl = torch.tensor(candidates["log_prob"]) - torch.tensor(candidates["ref_log_prob"])
             metrics["kl_mean"] = kl.mean().item()
-        if "entropy" in candidates:  # the sampling distribution's mean token entropy on the model's own samples
+        if self.args.reads_sampling_log_probs:  # the sampling distribution's mean token entropy on the model's samples
             entropies = [value for value, is_sampled in zip(candidates["entropy"], sampled) if is_sampled]
             metrics["entropy"] = sum(entropies) / max(1, len(entropies))
         if self.args.loss_type == "reinforce_rej":

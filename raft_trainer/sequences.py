@@ -15,8 +15,25 @@ from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softm
 
 from .losses import entropy_from_logits
 from .memory import eval_mode
+from .stages import Candidates
 
 logger = logging.getLogger(__name__)
+
+
+class TextCandidates(Candidates, total=False):
+    """RAFTTrainer's candidates: the cycle's columns and these. The stage file takes `prompt_index`, `prompt`,
+    `completion` and `completion_length` always, and the others as `RAFTTrainer.stage_file_columns` says."""
+
+    prompt_ids: list[list[int]]  # generation: the prompt's token ids (the policy's)
+    completion_ids: list[list[int]]  # generation: the completion's token ids, ending with eos unless truncated
+    completion: list[str]  # generation: the decoded completion (a sample filter may replace it)
+    truncated: list[bool]  # generation: cut off at max_completion_length (a dataset completion never is)
+    source: list[str]  # with a candidate dataset only: "model" or "dataset"
+    old_log_probs: list[list[float]]  # RAFT++ / Reinforce-Rej: per completion token, under the sampling policy
+    entropy: list[float]  # with old_log_probs or log_entropy: the sampling distribution's mean token entropy
+    log_prob: list[float]  # beta > 0: log p(completion | prompt) under the policy
+    ref_log_prob: list[float]  # beta > 0: the same under the reference model
+    score: list[float | None]  # beta > 0: the KL-penalised score candidates are ranked by
 
 
 def load_tokenizer(name_or_path: str, tokenizer=None):
@@ -282,6 +299,11 @@ def sampling_config(
         eos_token_id=eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
         bos_token_id=tokenizer.bos_token_id if bos_token_id is None else bos_token_id,
     )
+
+
+def truncated_flags(completion_ids: list[list[int]], eos_token_ids: list[int]) -> list[bool]:
+    """A completion is cut at its first eos token; one without any ran into `max_completion_length`."""
+    return [not ids or ids[-1] not in eos_token_ids for ids in completion_ids]
 
 
 def candidate_generation_config(model: PreTrainedModel, tokenizer, args) -> GenerationConfig:

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .stages.selection import SelectionRule
+
 
 def require(condition: bool, message: str) -> None:
     """Reject a bad configuration value before anything expensive happens."""
@@ -167,6 +169,18 @@ class StageConfig(TrainingArguments):
         )
         self.num_train_epochs = self.num_stages
         super().__post_init__()
+
+    def check_processes(self, num_processes: int) -> None:
+        """Every process generates for a share of the stage's draw, so there must be a prompt for each."""
+        require(
+            self.prompts_drawn_per_stage >= num_processes,
+            f"prompts_per_stage={self.prompts_per_stage} draws {self.prompts_drawn_per_stage} prompts a stage, fewer "
+            f"than the {num_processes} processes: give every process at least one.",
+        )
+
+    def selection_rule(self) -> SelectionRule:
+        """How a stage chooses its kept set (`stages/selection.py`); a trainer's config adds its own criteria."""
+        return SelectionRule(self.ranking, self.prompts_per_stage, self.kept_per_prompt, self.reward_threshold)
 
     @property
     def prompts_drawn_per_stage(self) -> int:

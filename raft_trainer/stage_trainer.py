@@ -29,23 +29,28 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import is_complete, last_complete_checkpoint
-from .files import atomic_path
-from .interruption import StopAtPhaseEnd, StopOnSignalCallback, StopRequest, TrainingInterrupted
+from .files import atomic_path, stage_file_path, write_stage_file
+from .interruption import (
+    StopAtPhaseEnd,
+    StopOnSignalCallback,
+    StopRequest,
+    TrainingInterrupted,
+    largest,
+    on_every_process,
+)
 from .memory import PhaseMemory, eval_mode, move_models
-from .processes import largest, on_every_process
 from .reporting.console import quiet_callbacks
 from .reporting.model_card import write_model_card
 from .reporting.sample_table import report_sample_table
 from .reporting.stage_table import StageTableCallback
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
-from .stages import Candidates, Draw, Pool, Selection, selection
+from .stages import Candidates, Draw, Pool, Selection
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
-from .stages.metrics import acceptance_metrics
-from .stages.prompts import contiguous_share, stage_prompt_indices
+from .stages.prompts import contiguous_share, draw_prompts
 from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
-from .stages.stage_files import stage_file_path, write_stage_file
+from .stages.selection import acceptance_metrics
 
 
 class StageTrainer(Trainer):
@@ -62,7 +67,6 @@ class StageTrainer(Trainer):
     card_training = "on them with the SFT loss"  # how the model card says what the fine-tuning does
     card_usage = ""  # Markdown on how to load the result, with `{base_model}` where the base model's name goes
     base_model_name: str | None = None
-    distinct_columns: tuple[str, ...] = ()  # candidates equal in all these are one sample when several are kept
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class StageTrainer(Trainer):
         self.reward_funcs = reward_funcs
         self.reward_names = [reward_function_name(function) for function in reward_funcs]
         self.sample_filter = sample_filter
+        self.selection_rule = args.selection_rule()  # what a stage keeps, and what its loss is told of it
         self._stage_metrics: dict[str, float] = {}
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`
         self._stage_in_flight: dict | None = None  # the running stage's kept set, saved with mid-stage checkpoints
@@ -94,11 +99,7 @@ class StageTrainer(Trainer):
         callbacks.append(StopOnSignalCallback(self))
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
         quiet_callbacks(self)  # each stage is printed once, by the stage table
-        if args.prompts_drawn_per_stage < self.accelerator.num_processes:
-            raise ValueError(
-                f"prompts_per_stage={args.prompts_per_stage} draws {args.prompts_drawn_per_stage} prompts a stage, "
-                f"fewer than the {self.accelerator.num_processes} processes: give every process at least one."
-            )
+        args.check_processes(self.accelerator.num_processes)
         self.phase_memory = PhaseMemory(self.accelerator.device)
         self.in_flight = InFlightFiles(args.output_dir, args.process_index)
         if not args.offload_inactive_models:
@@ -116,7 +117,7 @@ class StageTrainer(Trainer):
         of a prompt on one process); the pool is then gathered so that every process selects from the whole of it
         alike.
         """
-        self.stop_at_phase_end()  # a signal received since the last step (in an evaluation, say): stop here
+        self._stop_at_phase_end()  # a signal received since the last step (in an evaluation, say): stop here
         if self._stage_metrics:  # the previous stage's metrics found no Trainer log to join: log them alone, with
             self.log({})  # their own training peak, before this stage's generation resets the counter
         memory = {}
@@ -137,64 +138,52 @@ class StageTrainer(Trainer):
 
     def draw_prompts(self, stage: int) -> Draw:
         """This process's share of the stage's draw of prompts (`stages/prompts.py`), with their dataset rows."""
-        args = self.args
-        stage_indices = stage_prompt_indices(stage, args.prompts_drawn_per_stage, len(self.train_dataset), args.seed)
-        positions = self.process_share(range(len(stage_indices)))  # this process's places in the stage's draw
-        prompt_indices = [stage_indices[position] for position in positions]
-        rows = self.train_dataset.select(prompt_indices).to_dict()  # read once: the prompts and the other columns
-        prompts = rows.pop("prompt")
-        return Draw(prompt_indices=prompt_indices, positions=positions, prompts=prompts, columns=rows)
+        args, accelerator = self.args, self.accelerator
+        return draw_prompts(
+            stage,
+            self.train_dataset,
+            args.prompts_drawn_per_stage,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
 
     def generate_and_score(self, stage: int, draw: Draw, memory: dict) -> dict:
         """This process's scored candidates of `draw` (`scored_candidates`' dict). Each phase's result goes to disk
         as it ends; a resumed run takes the finished ones back (`stages/in_flight.py`). `memory` receives each
         phase's peak."""
-        identity = self.stage_identity(stage)
-        scored = self.resumed_in_flight(stage, "scored", identity)
+        identity = self._stage_identity(stage)
+        scored = self._resumed_in_flight(stage, "scored", identity)
         if scored is None:
-            generated = self.resumed_in_flight(stage, "generated", identity)
+            generated = self._resumed_in_flight(stage, "generated", identity)
             if generated is None:
                 with self.phase_memory.phase("generate", memory):
-                    generated = self.generated_candidates(draw.prompt_indices, draw.prompts, draw.positions)
-                self.save_in_flight(stage, "generated", identity, generated)
-            self.stop_at_phase_end()  # a signal received while generating takes effect here
-            columns = {name: [values[i] for i in generated["prompt_of"]] for name, values in draw.columns.items()}
+                    generated = self._generated_candidates(draw)
+                self._save_in_flight(stage, "generated", identity, generated)
+            self._stop_at_phase_end()  # a signal received while generating takes effect here
+            columns = draw.label(generated["candidates"], generated["prompt_of"])
             with self.phase_memory.phase("score", memory):
                 scored = self.scored_candidates(generated["candidates"], columns)
-            self.save_in_flight(stage, "scored", identity, scored)
+            self._save_in_flight(stage, "scored", identity, scored)
             self.in_flight.remove(stage, "generated")
-        self.stop_at_phase_end()
+        self._stop_at_phase_end()
         return scored
 
     def gather_pool(self, scored: dict) -> Pool:
         """Every process's scored candidates, in the order of the stage's draw: the pool each process selects from."""
-        tensors = (torch.cat(gather_object([scored[name]])) for name in Pool.TENSORS)
-        return Pool({name: gather_object(values) for name, values in scored["candidates"].items()}, *tensors)
+        return Pool.gather(scored)
 
     def select(self, pool: Pool) -> Selection:
-        """Which candidates the stage keeps: by rank (`ranking`: the best `kept_per_prompt` distinct ones of each
-        prompt, or the top of the pool), by score, among the accepted ones. A trainer whose loss keeps by another
-        rule overrides this (RAFTTrainer: Reinforce-Rej's groups with contrast)."""
-        args = self.args
-        accepted = self.accepted(pool.candidates, pool.rewards)
-        kept = selection.select(
-            selection.exclude(pool.scores, ~accepted),
-            args.ranking,
-            pool.groups,
-            args.prompts_per_stage,
-            per_group=args.kept_per_prompt,
-            duplicate_keys=self.duplicate_keys(pool.candidates),
-        )
-        threshold = (
-            f" (reward >= reward_threshold={args.reward_threshold})" if args.reward_threshold is not None else ""
-        )
-        return Selection(kept, accepted if self.rejects_candidates() else None, threshold)
+        """Which candidates the stage keeps, by the configuration's selection rule (`args.selection_rule()`: by rank
+        or score, among the accepted ones, or Reinforce-Rej's groups with contrast). A trainer may override it with
+        a rule of its own (tests/test_extension.py shows one)."""
+        return self.selection_rule.select(pool)
 
     def record_stage(self, stage: int, pool: Pool, chosen: Selection, memory: dict) -> None:
         """Write the stage file (main process) and set the stage's log record, which joins the Trainer's next log."""
         candidates, kept = pool.candidates, chosen.kept
         if self.is_world_process_zero():
-            rows = self.stage_rows(stage, candidates, pool.rewards, pool.rewards_per_func, pool.kept_by_filter, kept)
+            rows = self._stage_rows(stage, candidates, pool.rewards, pool.rewards_per_func, pool.kept_by_filter, kept)
             rows.update(self.write_stage_media(stage, candidates, rows))
             write_stage_file(stage_file_path(self.args.output_dir, stage), rows)
             self._stage_samples = {
@@ -202,7 +191,7 @@ class StageTrainer(Trainer):
             }
         self._stage_metrics = {
             "stage": stage,
-            **self.reward_metrics(candidates, pool.rewards, pool.rewards_per_func, kept),
+            **self._reward_metrics(candidates, pool.rewards, pool.rewards_per_func, kept),
             **acceptance_metrics(chosen.accepted, pool.groups, self.model_samples(candidates)),
             **self.stage_metrics(candidates, kept),
             **memory,
@@ -212,7 +201,7 @@ class StageTrainer(Trainer):
         """A stage that kept nothing trains on nothing: its optimizer steps run without a gradient, so they change
         no weight and the learning-rate schedule, the step count and resume stay as planned. Said once, with the
         counts; `max_empty_stages` such stages in a row stop the run, since then the task is out of reach."""
-        in_a_row = self.empty_stages_before(stage) + 1
+        in_a_row = self._empty_stages_before(stage) + 1
         rewards = pool.rewards
         rewarded = int((~torch.isnan(rewards)).sum())
         accepted = rewarded if chosen.accepted is None else int(chosen.accepted.sum())
@@ -238,7 +227,7 @@ class StageTrainer(Trainer):
             why,
         )
 
-    def empty_stages_before(self, stage: int) -> int:
+    def _empty_stages_before(self, stage: int) -> int:
         """How many stages just before `stage` kept nothing, read off the log history (so a resumed run counts
         them too): every stage's record holds its `stage` and `num_kept`."""
         kept = {record["stage"]: record["num_kept"] for record in self.state.log_history if "num_kept" in record}
@@ -247,23 +236,17 @@ class StageTrainer(Trainer):
             count += 1
         return count
 
-    def generated_candidates(self, prompt_indices: list[int], prompts: list, positions: list[int]) -> dict:
-        """This process's candidates of its prompts (`positions`: their places in the stage's draw), with the
-        position in `prompts` of each one's prompt (`prompt_of`)."""
-        candidates = self.generate(prompt_indices, prompts)
+    def _generated_candidates(self, draw: Draw) -> dict:
+        """This process's candidates of its share of the draw, with the position in `draw.prompts` of each one's
+        prompt (`prompt_of`)."""
+        candidates = self.generate(draw.prompt_indices, draw.prompts)
         clear_device_cache()  # generation's caches are not needed any more
-        prompt_of = candidates.pop("prompt_position")
-        # A group is one draw of a prompt: the place in the stage's draw, unique across processes even when the
-        # stage draws a prompt twice. Candidates ranked together (local ranking) share it.
-        candidates["group"] = [positions[i] for i in prompt_of]
-        candidates["prompt_index"] = [prompt_indices[i] for i in prompt_of]
-        candidates["prompt"] = [prompts[i] for i in prompt_of]
-        return {"candidates": candidates, "prompt_of": prompt_of}
+        return {"candidates": candidates, "prompt_of": candidates.pop("prompt_position")}
 
     def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The candidates after the sample filter, their rewards (NaN where filtered out), per-function rewards,
         the filter's mask and the ranking scores."""
-        kept_by_filter = self.apply_sample_filter(candidates, columns)
+        kept_by_filter = self._apply_sample_filter(candidates, columns)
         rewards, rewards_per_func = self.score(candidates, columns)
         rewards[~kept_by_filter] = torch.nan
         scores = self.ranking_scores(candidates, rewards)
@@ -275,38 +258,17 @@ class StageTrainer(Trainer):
             scores=scores,
         )
 
-    def accepted(self, candidates: Candidates, rewards: torch.Tensor) -> torch.Tensor:
-        """The mask of candidates selection may keep: rewarded (and not filtered out), and at least
-        `reward_threshold` when one is set. A trainer may reject more (RAFTTrainer: truncated completions)."""
-        accepted = ~torch.isnan(rewards)
-        if self.args.reward_threshold is not None:
-            accepted &= rewards >= self.args.reward_threshold
-        return accepted
-
-    def rejects_candidates(self) -> bool:
-        """Whether selection rejects candidates on their own (a threshold, say), not only by rank."""
-        return self.args.reward_threshold is not None
-
-    def duplicate_keys(self, candidates: Candidates) -> torch.Tensor | None:
-        """Equal ints for equal candidates (the same values in `distinct_columns`), so that a prompt keeps distinct
-        completions only; None when the trainer names no such column."""
-        if not self.distinct_columns:
-            return None
-        keys: dict = {}
-        rows = zip(*(candidates[name] for name in self.distinct_columns))
-        return torch.tensor([keys.setdefault(row, len(keys)) for row in rows])
-
     # ----------------------------------------------------------------------------------------------------------------
     # Nothing lost: the stage in flight on disk, stopping on a signal
     # ----------------------------------------------------------------------------------------------------------------
 
-    def stage_identity(self, stage: int) -> dict:
+    def _stage_identity(self, stage: int) -> dict:
         """What this run's in-flight files of `stage` must match (see `run_identity`)."""
         prompts = getattr(self.train_dataset, "_fingerprint", "")
-        settings = {**self.args.to_dict(), **self.identity_settings()}
+        settings = {**self.args.to_dict(), **self._identity_settings()}
         return run_identity(settings, stage, self.state.global_step, prompts, self.accelerator.num_processes)
 
-    def identity_settings(self) -> dict:
+    def _identity_settings(self) -> dict:
         """What besides the configuration makes a stage's candidates and rewards what they are."""
         return {
             "model": self.base_model_name,
@@ -314,13 +276,13 @@ class StageTrainer(Trainer):
             "sample_filter": getattr(self.sample_filter, "__name__", repr(self.sample_filter)),
         }
 
-    def save_in_flight(self, stage: int, part: str, identity: dict, values: dict) -> None:
+    def _save_in_flight(self, stage: int, part: str, identity: dict, values: dict) -> None:
         """Write this process's `part` ("generated" or "scored") of the stage in flight."""
         self.in_flight.save(
             stage, part, identity, {**values, "candidates": self.candidates_to_file(values["candidates"])}
         )
 
-    def resumed_in_flight(self, stage: int, part: str, identity: dict) -> dict | None:
+    def _resumed_in_flight(self, stage: int, part: str, identity: dict) -> dict | None:
         """The `part` of `stage` that a resumed run finds on disk, for the stage it resumes at only (a later stage's
         files came from a model this run trains again, the same only where training is bitwise reproducible), when
         every process finds its own and they belong to this run; the random state is then put back to where it was
@@ -340,29 +302,29 @@ class StageTrainer(Trainer):
         """The inverse of `candidates_to_file`."""
         return saved
 
-    def stop_requested(self) -> bool:
+    def _stop_requested(self) -> bool:
         """Whether a process received SIGTERM or SIGINT; the processes agree, so they stop at the same point."""
         signum = largest(self.accelerator, self._stop.signum or 0)
         if signum:
             self._stop.signum = signum
         return bool(signum)
 
-    def stop_at_phase_end(self) -> None:
+    def _stop_at_phase_end(self) -> None:
         """Before a stage, and after its generation or scoring (whose results are on disk): stop if a signal asked
         to, with a checkpoint of the steps trained so far, unless there is one already."""
-        if not self.stop_requested():
+        if not self._stop_requested():
             return
-        if self.state.global_step > 0 and not self.checkpoint_saved_at_this_step():
+        if self.state.global_step > 0 and not self._checkpoint_saved_at_this_step():
             self._save_checkpoint(self.model_wrapped, trial=None)
         raise StopAtPhaseEnd
 
-    def checkpoint_path(self, trial=None) -> str:
+    def _checkpoint_path(self, trial=None) -> str:
         return os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
 
-    def checkpoint_saved_at_this_step(self) -> bool:
-        return is_complete(self.checkpoint_path())
+    def _checkpoint_saved_at_this_step(self) -> bool:
+        return is_complete(self._checkpoint_path())
 
-    def interrupted_message(self) -> str:
+    def _interrupted_message(self) -> str:
         signal_name = signal.Signals(self._stop.signum).name
         step, stage = self.state.global_step, self.current_stage()
         checkpoint = last_complete_checkpoint(self.args.output_dir)
@@ -421,9 +383,10 @@ class StageTrainer(Trainer):
         return {}
 
     def process_share(self, items: list) -> list:
+        """This process's contiguous share of `items` (the shares of all processes, in order, make up `items`)."""
         return contiguous_share(items, self.accelerator.process_index, self.accelerator.num_processes)
 
-    def stage_examples(self, stage: int) -> list[dict]:
+    def _stage_examples(self, stage: int) -> list[dict]:
         """The training examples of `stage`: taken back from the checkpoint if the run resumed inside this stage,
         else made by running it."""
         saved, self._stage_to_resume = self._stage_to_resume, None
@@ -438,12 +401,14 @@ class StageTrainer(Trainer):
         return examples
 
     def current_stage(self) -> int:
+        """The stage the run is in, from the optimizer steps taken."""
         return self.state.global_step // self.optimizer_steps_per_stage()
 
     def optimizer_steps_per_stage(self) -> int:
+        """Optimizer steps per stage: `batches_per_stage()` over the gradient accumulation steps, rounded up."""
         return math.ceil(self.batches_per_stage() / self.args.gradient_accumulation_steps)
 
-    def stage_rows(self, stage, candidates, rewards, rewards_per_func, kept_by_filter, kept) -> dict[str, list]:
+    def _stage_rows(self, stage, candidates, rewards, rewards_per_func, kept_by_filter, kept) -> dict[str, list]:
         """The stage file's columns: one row per candidate, what it is, its reward(s) and whether it was kept."""
         rows = {
             "stage": [stage] * len(rewards),
@@ -456,7 +421,7 @@ class StageTrainer(Trainer):
         rows["selected"] = kept.tolist()
         return rows
 
-    def reward_kwargs(self, candidates: Candidates, columns: dict[str, list]) -> dict:
+    def _reward_kwargs(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The keywords every reward function (and the sample filter) is called with, in TRL's convention;
         `columns` are the other dataset columns, one entry per candidate."""
         return {
@@ -466,12 +431,12 @@ class StageTrainer(Trainer):
             "trainer_state": self.state,
         }
 
-    def apply_sample_filter(self, candidates: Candidates, columns: dict[str, list]) -> torch.Tensor:
+    def _apply_sample_filter(self, candidates: Candidates, columns: dict[str, list]) -> torch.Tensor:
         """Run the user's sample filter: the mask of candidates it keeps. Text it returns replaces a completion."""
         num_candidates = len(candidates["prompt"])
         if self.sample_filter is None:
             return torch.ones(num_candidates, dtype=torch.bool)
-        verdicts = list(self.sample_filter(**self.reward_kwargs(candidates, columns)))
+        verdicts = list(self.sample_filter(**self._reward_kwargs(candidates, columns)))
         if len(verdicts) != num_candidates:
             raise ValueError(
                 f"sample_filter returned {len(verdicts)} values for {num_candidates} candidates: return one per "
@@ -487,7 +452,7 @@ class StageTrainer(Trainer):
         return score_candidates(
             self.reward_funcs,
             self.reward_weights,
-            self.reward_kwargs(candidates, columns),
+            self._reward_kwargs(candidates, columns),
             self.accelerator.device,
             self.args.offload_inactive_models,
         )
@@ -496,7 +461,7 @@ class StageTrainer(Trainer):
         """The score candidates are ranked by: the reward, unless a subclass penalises it."""
         return rewards
 
-    def reward_metrics(
+    def _reward_metrics(
         self, candidates: Candidates, rewards: torch.Tensor, rewards_per_func: torch.Tensor, kept: torch.Tensor
     ) -> dict:
         """The stage's reward metrics. `reward_mean`, `reward_std` and `reward_mean/<name>` describe the model's own
@@ -524,7 +489,7 @@ class StageTrainer(Trainer):
         """The mask of candidates the model sampled: all of them, unless a subclass adds others."""
         return torch.ones(len(candidates["prompt"]), dtype=torch.bool)
 
-    def stage_batches(self, examples: list[dict], stage: int) -> Iterator[dict]:
+    def _stage_batches(self, examples: list[dict], stage: int) -> Iterator[dict]:
         """Shuffled passes over the kept set, endlessly; the dataloader takes `batches_per_stage()` of them.
 
         Every process draws the same order and takes its own slice of it, so one pass trains on each kept sample
@@ -548,6 +513,7 @@ class StageTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, except that a batch of a stage passed over (`pass_over`) trains nothing."""
         if PASS_OVER in inputs:
             # No forward, no backward: every gradient stays None, so the optimizer step skips every parameter (no
             # moment update, no weight decay) while the scheduler steps as planned.
@@ -555,9 +521,11 @@ class StageTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def floating_point_ops(self, inputs) -> int:
+        """`Trainer.floating_point_ops`; none for a batch of a stage passed over."""
         return 0 if PASS_OVER in inputs else super().floating_point_ops(inputs)
 
     def get_train_dataloader(self) -> DataLoader:
+        """The stages as one dataloader: each epoch runs a stage and serves its batches (`stages/batches.py`)."""
         # batch_size=None: the stage yields whole batches; no workers, since a stage generates with the model.
         return DataLoader(StageBatches(self), batch_size=None)
 
@@ -591,8 +559,8 @@ class StageTrainer(Trainer):
         except StopAtPhaseEnd:
             output = None
         # Every process asks, so that all of them raise, or none (a signal after the last step ends nothing).
-        if self.stop_requested() and self.state.global_step < self.state.max_steps:
-            message = self.interrupted_message()
+        if self._stop_requested() and self.state.global_step < self.state.max_steps:
+            message = self._interrupted_message()
             if self.is_world_process_zero():
                 print(message, file=sys.stderr, flush=True)
             raise TrainingInterrupted(self._stop.signum, message)
@@ -606,7 +574,7 @@ class StageTrainer(Trainer):
         # Inside a stage the checkpoint holds its kept set, written before the Trainer's files so that the
         # Trainer's state, written last, marks a complete checkpoint (see checkpoints.py).
         if self.state.global_step % self.optimizer_steps_per_stage() != 0:
-            with atomic_path(os.path.join(self.checkpoint_path(trial), self._stage_checkpoint_name())) as partial:
+            with atomic_path(os.path.join(self._checkpoint_path(trial), self._stage_checkpoint_name())) as partial:
                 # the stage's metrics only while they wait for a log record: once logged, a resumed run must not
                 # log them again
                 torch.save({**self._stage_in_flight, "metrics": dict(self._stage_metrics)}, partial)
@@ -621,6 +589,8 @@ class StageTrainer(Trainer):
         return f"raft_stage_{self.args.process_index}.pt"  # every process keeps its own kept set
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """`Trainer.log`, with the stage's own record (rewards, selection, memory) joined to its next log record,
+        and its kept samples printed or logged as a table with `log_completions`."""
         # A stage's ranking metrics join the Trainer's next log record: with the default logging_strategy="epoch"
         # that is the stage's own record, which also holds its SFT loss.
         if self._stage_metrics:

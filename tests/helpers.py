@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import TrainerCallback
 
-from raft_trainer.stages.stage_files import stage_file_path
+from raft_trainer.files import stage_file_path
 
 WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon".split()
 PROMPT_WORDS = ["say", "something", "tell", "me", "a", "word", "please", "user", "Assistant", ":"]

@@ -164,3 +164,35 @@ def test_the_shared_cycle_knows_no_loss_and_no_language_model_field():
     language_model_fields = set(RAFTConfig.__dataclass_fields__) - set(StageConfig.__dataclass_fields__)
     used = set(re.findall(r"args\.(\w+)", source))
     assert not used & language_model_fields, used & language_model_fields
+
+
+def test_no_module_is_a_micro_module():
+    # A module does one job, but a job worth its own file: under 30 lines it belongs to its natural neighbour.
+    small = [
+        f"{path.relative_to(ROOT)}: {len(path.read_text().splitlines())} lines"
+        for path in library_files()
+        if path.name != "__init__.py" and len(path.read_text().splitlines()) < 30
+    ]
+    assert small == []
+
+
+def test_the_phases_take_the_cycles_own_draw_groups_and_selection():
+    # phases.py drives the stage cycle's shared steps; it draws, groups and selects nothing by itself.
+    source = (PACKAGE / "phases.py").read_text()
+    for own_code in ("stage_prompt_indices", "selection.", "best_per_group", "accept_per_group", '"group": ['):
+        assert own_code not in source, own_code
+    for shared_step in ("draw_prompts(", "draw.label(", "Pool.gather(", "args.selection_rule().select("):
+        assert shared_step in source, shared_step
+
+
+def test_stage_trainers_public_methods_fit_on_a_screen_and_are_each_documented():
+    # The steps of the cycle, the hooks a trainer overrides and the Trainer methods it replaces: each documented in
+    # its docstring and listed, one line each, in docs/architecture.md, which lists nothing else of StageTrainer.
+    from raft_trainer.stage_trainer import StageTrainer
+
+    public = sorted(name for name, value in vars(StageTrainer).items() if callable(value) and name[0] != "_")
+    assert len(public) <= 40, public
+    assert [name for name in public if not (vars(StageTrainer)[name].__doc__ or "").strip()] == []
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)\(?\)?` \|", architecture, flags=re.MULTILINE))
+    assert {name for name in listed if name in vars(StageTrainer)} == set(public)

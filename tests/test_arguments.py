@@ -1,4 +1,4 @@
-"""The one check of what the trainers are given (raft_trainer/arguments.py): TRL's `reward_funcs`, its former name
+"""The one check of what the trainers are given (`RAFTTrainer.check_arguments`): TRL's `reward_funcs`, its former name
 `reward_fn`, and the messages that name the fix."""
 
 import pytest

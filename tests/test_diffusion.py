@@ -14,7 +14,7 @@ from PIL import Image
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
-from raft_trainer.stages.stage_files import stage_file_path
+from raft_trainer.files import stage_file_path
 
 from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
 

@@ -11,7 +11,7 @@ import pytest
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.image_evaluation import evaluate_images
 from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
-from raft_trainer.stages.stage_files import stage_file_path
+from raft_trainer.files import stage_file_path
 
 from .helpers import load_example
 

@@ -17,7 +17,7 @@ class BestTwoRewardWeighted(RAFTTrainer):
 
     def select(self, pool: Pool) -> Selection:
         kept = selection.accept_per_group(
-            pool.rewards, pool.groups, per_group=2, duplicate_keys=self.duplicate_keys(pool.candidates)
+            pool.rewards, pool.groups, per_group=2, duplicate_keys=self.selection_rule.duplicate_keys(pool.candidates)
         )
         return Selection(kept)
 

@@ -305,7 +305,9 @@ def test_an_ended_and_a_truncated_completion_of_the_same_text_are_distinct(make_
         train_dataset=prompts,
         processing_class=tokenizer,
     )
-    keys = trainer.duplicate_keys({"completion": ["apple", "apple", "apple"], "truncated": [False, True, False]})
+    keys = trainer.selection_rule.duplicate_keys(
+        {"completion": ["apple", "apple", "apple"], "truncated": [False, True, False]}
+    )
     assert keys[0] == keys[2] and keys[0] != keys[1]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
+from raft_trainer.files import candidates_file_path, stage_file_path, stage_model_path
 from raft_trainer.stages.prompts import stage_prompt_indices
-from raft_trainer.stages.stage_files import candidates_file_path, stage_file_path, stage_model_path
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess", "raft_two_processes.py")
 NUM_PROMPTS, PROMPTS_PER_STAGE, NUM_GENERATIONS = 6, 5, 3

@@ -9,9 +9,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from raft_trainer import RAFTTrainer, cli, reference
+from raft_trainer.files import candidates_file_path, stage_model_path
 from raft_trainer.phases import finetune_phase, generate_phase, score_phase
 from raft_trainer.stages.prompts import stage_prompt_indices
-from raft_trainer.stages.stage_files import candidates_file_path, stage_model_path
 
 from .helpers import LEARNING_PROMPTS, LEARNING_RUN, NO_DROPOUT, completion_token_log_probs, read_stage, share_of_apple
 
@@ -138,3 +138,35 @@ def test_the_score_phase_ranks_with_the_settings_the_candidates_were_generated_w
     with pytest.raises(ValueError, match=r"ranking='local' \(generated with 'global'\), prompts_per_stage=4"):
         score_phase(share_of_apple, make_args(), 0)
     score_phase(share_of_apple, make_args(ranking="global", prompts_per_stage=2), 0)
+
+
+def words_per_two(completions, **kwargs):
+    return [len(text.split()) / 2 for text in completions]
+
+
+def test_the_score_phase_keeps_by_the_trainers_selection_rule(make_model, tokenizer, prompts, make_args):
+    # Rejection sampling with every accepted sample kept (Xiong et al. 2025), truncated ones rejected: the phases
+    # apply RAFTConfig's selection rule, as RAFTTrainer does, instead of refusing these settings.
+    args = make_args(
+        prompts_per_stage=4,
+        num_generations=4,
+        max_completion_length=2,
+        reward_threshold=0.3,
+        kept_per_prompt=4,
+        mask_truncated_completions=True,
+    )
+    generate_phase(make_model(), args, prompts, 0, processing_class=tokenizer)
+    score_phase(words_per_two, args, 0)
+    rows = read_stage(args, 0).to_list()
+    assert any(row["truncated"] for row in rows) and not all(row["truncated"] for row in rows)
+    groups = [rows[start : start + 4] for start in range(0, 16, 4)]
+    kept = reference.accepted_per_group(
+        [[None if row["truncated"] else row["reward"] for row in group] for group in groups],
+        threshold=0.3,
+        per_group=4,
+        texts=[[row["completion"] for row in group] for group in groups],
+    )
+    assert [[row["selected"] for row in group] for group in groups] == [
+        [index in kept_here for index in range(4)] for kept_here in kept
+    ]
+    assert any(row["selected"] for row in rows)

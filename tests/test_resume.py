@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raft_trainer import RAFTTrainer
-from raft_trainer.stages.stage_files import stage_file_path
+from raft_trainer.files import stage_file_path
 
 from .helpers import NO_DROPOUT, Crash, CrashAtStep, share_of_apple
 

@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset, load_dataset
 
 from raft_trainer import RAFTTrainer
+from raft_trainer.files import stage_file_path, write_stage_file
 from raft_trainer.stages.prompts import stage_prompt_indices, validate_prompt_dataset
-from raft_trainer.stages.stage_files import stage_file_path, write_stage_file
 
 from .helpers import share_of_apple
 

@@ -14,9 +14,9 @@ from datasets import Dataset
 
 import raft_trainer.vllm_sampling as vllm_sampling
 from raft_trainer import RAFTTrainer
+from raft_trainer.files import candidates_file_path
 from raft_trainer.phases import generate_phase
 from raft_trainer.stages.prompts import stage_prompt_indices
-from raft_trainer.stages.stage_files import candidates_file_path
 
 from .helpers import read_stage, share_of_apple
 

@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 
 from ..models import SMOLLM2, resolve_model_name
 from ..rewards.rules import exact_answer_reward
+from ..tasks import load_prompts
 from ..tasks.arithmetic import arithmetic_dataset
-from ..tasks.prompt_datasets import load_prompts
 from ..tasks.toy.pipeline import prepare_models
 from ..tasks.toy.world import make_world, true_score
 from .settings import CompareArguments

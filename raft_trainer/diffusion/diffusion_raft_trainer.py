@@ -21,19 +21,17 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from ..arguments import one_reward_argument
 from ..files import atomic_path
 from ..memory import eval_mode
-from ..rewards import as_reward_functions
+from ..rewards import as_reward_functions, one_reward_argument
 from ..stage_config import with_torch_dtypes
 from ..stage_trainer import StageTrainer
-from ..stages import Candidates
 from ..stages.prompts import each_prompt_repeated, validate_prompt_dataset
 from .denoising import LORA_WEIGHT_NAME, collate_latent_examples, denoising_loss, denoising_target
 from .diffusion_raft_config import DiffusionRAFTConfig
 from .families import pipeline_family
 from .flow_matching import flow_matching_loss, flow_noisy_latents, sample_flow_timesteps
-from .images import from_png_bytes, png_bytes, save_image_grid
+from .images import ImageCandidates, from_png_bytes, png_bytes, save_image_grid
 
 
 class DiffusionRAFTTrainer(StageTrainer):
@@ -112,7 +110,7 @@ class DiffusionRAFTTrainer(StageTrainer):
     # Generation
     # ----------------------------------------------------------------------------------------------------------------
 
-    def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
+    def generate(self, prompt_indices: list[int], prompts: list) -> ImageCandidates:
         args = self.args
         per_prompt = args.generations_per_prompt
         all_prompts = [prompt for prompt in prompts for _ in range(per_prompt)]
@@ -134,23 +132,23 @@ class DiffusionRAFTTrainer(StageTrainer):
                     ).images
         return {"image": images, "prompt_position": each_prompt_repeated(len(prompts), per_prompt)}
 
-    def reward_inputs(self, candidates: Candidates) -> dict:
+    def reward_inputs(self, candidates: ImageCandidates) -> dict:
         return {"images": candidates["image"]}
 
-    def candidates_to_file(self, candidates: Candidates) -> dict:
+    def candidates_to_file(self, candidates: ImageCandidates) -> dict:
         return {**candidates, "image": [png_bytes(image) for image in candidates["image"]]}
 
-    def candidates_from_file(self, saved: dict) -> Candidates:
+    def candidates_from_file(self, saved: dict) -> ImageCandidates:
         return {**saved, "image": [from_png_bytes(data) for data in saved["image"]]}
 
     # ----------------------------------------------------------------------------------------------------------------
     # Stage files
     # ----------------------------------------------------------------------------------------------------------------
 
-    def stage_file_columns(self, candidates: Candidates) -> dict[str, list]:
+    def stage_file_columns(self, candidates: ImageCandidates) -> dict[str, list]:
         return {name: candidates[name] for name in ("prompt_index", "prompt")}
 
-    def write_stage_media(self, stage: int, candidates: Candidates, rows: dict[str, list]) -> dict[str, list]:
+    def write_stage_media(self, stage: int, candidates: ImageCandidates, rows: dict[str, list]) -> dict[str, list]:
         """Save the stage's images and return the stage file's `image` column: the PNG of each saved candidate,
         relative to the `stages` folder (kept candidates always, the others with `save_candidate_images`; `None` when
         not saved). Also writes the stage's grid of kept images with their rewards."""
@@ -176,7 +174,7 @@ class DiffusionRAFTTrainer(StageTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def training_examples(self, candidates: Candidates, kept_indices: list[int]) -> list[dict]:
+    def training_examples(self, candidates: ImageCandidates, kept_indices: list[int]) -> list[dict]:
         """The kept images as what the loss needs, computed once a stage with the frozen encoders: the VAE's latent
         distribution (sampled afresh at every step, as when training on the images) and the denoiser's conditioning
         (the prompt's text-encoder states; SDXL, SD3 and FLUX also pooled states, SDXL the image's size ids)."""

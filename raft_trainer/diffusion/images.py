@@ -7,8 +7,16 @@ import math
 from PIL import Image, ImageDraw
 
 from ..files import atomic_path
+from ..stages import Candidates
 
 CAPTION_HEIGHT = 14
+
+
+class ImageCandidates(Candidates, total=False):
+    """DiffusionRAFTTrainer's candidates: the cycle's columns and the image. The stage file takes `prompt_index` and
+    `prompt`, and `image` as the path of its PNG (`write_stage_media`)."""
+
+    image: list[Image.Image]  # generation: the sampled image (PNG bytes in the in-flight files)
 
 
 def save_image_grid(images: list[Image.Image], captions: list[str], path: str, columns: int = 8) -> None:

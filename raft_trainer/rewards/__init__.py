@@ -6,12 +6,12 @@ and every other dataset column, one list entry per candidate, and returns one fl
 no reward for that candidate).
 """
 
+import importlib
 import os
 from collections.abc import Callable
 
 from transformers import PreTrainedModel
 
-from ..lazy import lazy_attributes
 from .reward_model import RewardModel
 
 RewardFunction = Callable[..., list]
@@ -60,6 +60,18 @@ def reward_function_name(function: RewardFunction) -> str:
     return getattr(function, "__name__", None) or type(function).__name__
 
 
+def lazy_attributes(package: str, modules: dict[str, str]) -> Callable[[str], object]:
+    """A module-level `__getattr__` (PEP 562) for `package`: `name` is imported from the module `modules[name]`
+    (relative to `package`) the first time it is asked for."""
+
+    def __getattr__(name: str):
+        if name in modules:
+            return getattr(importlib.import_module(modules[name], package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 # The image rewards live with the diffusion side (the `diffusion` extra): imported on first use.
 IMAGE_REWARDS = ("AestheticHead", "AestheticScorer", "CLIPScore", "JPEGCompressibility", "JPEGIncompressibility")
 __getattr__ = lazy_attributes(__name__, {name: "..diffusion.rewards" for name in IMAGE_REWARDS})
@@ -76,3 +88,14 @@ __all__ = [
     "as_reward_functions",
     "reward_function_name",
 ]
+
+
+def one_reward_argument(reward_funcs, reward_fn):
+    """The trainers' rewards, given as `reward_funcs` (TRL's name) or by the former name `reward_fn`: one of them."""
+    if reward_funcs is not None and reward_fn is not None:
+        raise ValueError("reward_funcs and reward_fn are the same argument (reward_fn is its former name): give one.")
+    if reward_funcs is None and reward_fn is None:
+        raise ValueError(
+            "reward_funcs is missing: give a reward function, a reward-model id or model, or a list of these."
+        )
+    return reward_funcs if reward_funcs is not None else reward_fn

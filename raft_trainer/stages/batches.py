@@ -33,5 +33,5 @@ class StageBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         stage = self.trainer.current_stage()
-        examples = self.trainer.stage_examples(stage)
-        return itertools.islice(self.trainer.stage_batches(examples, stage), len(self))
+        examples = self.trainer._stage_examples(stage)
+        return itertools.islice(self.trainer._stage_batches(examples, stage), len(self))

@@ -3,6 +3,8 @@
 import numpy as np
 from datasets import Dataset
 
+from . import Draw
+
 
 def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -> list[int]:
     """The dataset rows stage `stage` draws: positions [stage * count, (stage + 1) * count) of an endless stream that
@@ -16,6 +18,17 @@ def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -
             orders[dataset_pass] = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
         indices.append(int(orders[dataset_pass][offset]))
     return indices
+
+
+def draw_prompts(stage: int, dataset: Dataset, count: int, seed: int, process_index: int, num_processes: int) -> Draw:
+    """Process `process_index`'s contiguous share of stage `stage`'s draw of `count` prompts from `dataset`, with
+    their dataset rows (read once: the prompts and the other columns). The same for a trainer and for the phases."""
+    stage_indices = stage_prompt_indices(stage, count, len(dataset), seed)
+    positions = contiguous_share(range(len(stage_indices)), process_index, num_processes)
+    prompt_indices = [stage_indices[position] for position in positions]
+    rows = dataset.select(prompt_indices).to_dict()
+    prompts = rows.pop("prompt")
+    return Draw(prompt_indices=prompt_indices, positions=positions, prompts=prompts, columns=rows)
 
 
 def each_prompt_repeated(num_prompts: int, per_prompt: int) -> list[int]:

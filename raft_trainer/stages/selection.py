@@ -4,7 +4,11 @@ A NaN score means "no reward": such a candidate is never kept, and a prompt whos
 keeps nothing that stage.
 """
 
+from dataclasses import dataclass
+
 import torch
+
+from . import Candidates, Pool, Selection
 
 
 def kl_penalized_scores(
@@ -155,3 +159,85 @@ def accept_per_group(
     kept = torch.zeros_like(valid)
     kept[order] = kept_in_order
     return kept
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """How a stage chooses what it keeps from its pool, decided once by the run's configuration
+    (`StageConfig.selection_rule`, which a trainer's config extends) and applied alike by the trainers and the score
+    phase. The cycle calls `select`; nothing else in it knows which rule runs or which loss it feeds."""
+
+    ranking: str  # "local": the best of each prompt's group; "global": the top of the pool
+    num_kept: int  # global ranking: how many the pool keeps
+    per_group: int = 1  # local ranking: how many distinct candidates a prompt may keep
+    threshold: float | None = None  # a candidate is accepted only if its reward reaches it
+    rejected_column: str | None = None  # a bool column marking candidates never accepted (truncated ones, say)
+    distinct_columns: tuple[str, ...] = ()  # candidates equal in all these are one sample when several are kept
+    contrast_groups: bool = False  # keep every eligible candidate of the groups with contrast (Reinforce-Rej)
+
+    @property
+    def rejects(self) -> bool:
+        """Whether candidates are rejected on their own (a threshold, a rejected column), not only by rank."""
+        return self.threshold is not None or self.rejected_column is not None
+
+    def eligible(self, pool: Pool) -> torch.Tensor:
+        """The mask of candidates any rule may keep: rewarded (and not filtered out), not in `rejected_column`."""
+        eligible = ~torch.isnan(pool.rewards)
+        if self.rejected_column is not None:
+            eligible &= ~torch.tensor(pool.candidates[self.rejected_column], dtype=torch.bool)
+        return eligible
+
+    def accepted(self, pool: Pool) -> torch.Tensor:
+        """The eligible candidates that reach the threshold, when there is one."""
+        accepted = self.eligible(pool)
+        if self.threshold is not None:
+            accepted &= pool.rewards >= self.threshold
+        return accepted
+
+    def duplicate_keys(self, candidates: Candidates) -> torch.Tensor | None:
+        """Equal ints for equal candidates (the same values in `distinct_columns`), so that a prompt keeps distinct
+        ones only; None when the rule names no such column."""
+        if not self.distinct_columns:
+            return None
+        keys: dict = {}
+        rows = zip(*(candidates[name] for name in self.distinct_columns))
+        return torch.tensor([keys.setdefault(row, len(keys)) for row in rows])
+
+    def select(self, pool: Pool) -> Selection:
+        """The stage's kept set. By rank: the best `per_group` distinct accepted candidates of each prompt (or the
+        top `num_kept` of the pool), by the ranking score. With `contrast_groups`: every eligible candidate of the
+        prompts whose rewards differ (with a threshold: that have accepted and rejected samples), wrong ones too."""
+        accepted = self.accepted(pool)
+        if self.contrast_groups:
+            kept = mixed_groups(exclude(pool.rewards, ~self.eligible(pool)), pool.groups, self.threshold)
+            contrast = "accepted and rejected samples" if self.threshold is not None else "rewards that differ"
+            rule = f", and none of the {len(pool.groups.unique())} prompts had {contrast}"
+        else:
+            kept = select(
+                exclude(pool.scores, ~accepted),
+                self.ranking,
+                pool.groups,
+                self.num_kept,
+                per_group=self.per_group,
+                duplicate_keys=self.duplicate_keys(pool.candidates),
+            )
+            rule = f" (reward >= reward_threshold={self.threshold})" if self.threshold is not None else ""
+        return Selection(kept, accepted if self.rejects else None, rule)
+
+
+def acceptance_metrics(accepted: torch.Tensor | None, groups: torch.Tensor, sampled: torch.Tensor) -> dict[str, float]:
+    """Over the model's own samples (`sampled`; [N] masks, `groups` [N] ids), with `accepted`: `pass_rate`, the
+    share accepted; `prompts_with_accepted`, the share of prompts (groups) with at least one accepted sample;
+    `prompts_all_accepted`, the share with every sample accepted."""
+    if not sampled.any():
+        return {}
+    metrics = {}
+    if accepted is not None:
+        accepted, groups = accepted[sampled], groups[sampled]
+        ids, group_of = torch.unique(groups, return_inverse=True)
+        accepted_count = torch.zeros(len(ids)).index_add_(0, group_of, accepted.float())
+        size = torch.zeros(len(ids)).index_add_(0, group_of, torch.ones(len(groups)))
+        metrics["pass_rate"] = accepted.float().mean().item()
+        metrics["prompts_with_accepted"] = (accepted_count > 0).float().mean().item()
+        metrics["prompts_all_accepted"] = (accepted_count == size).float().mean().item()
+    return metrics
