@@ -21,6 +21,8 @@ means are "token-mean" over the masked tokens of the whole batch, as in verl. `r
 same maths in plain numpy, which the tests check these against.
 """
 
+import math
+
 import torch
 
 # exp(20) is about 5e8: far outside any clip range, and finite in float32 and bfloat16.
@@ -61,6 +63,7 @@ def clipped_policy_loss(
     epsilon_high: float,
     dual_clip: float | None = None,
     num_tokens: torch.Tensor | float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss of RAFT++ and Reinforce-Rej: per token, with rho = exp(log_prob - old_log_prob),
 
@@ -71,6 +74,8 @@ def clipped_policy_loss(
     [B, T]. With `dual_clip` = c (Minimal-RL and verl use 3), a token with a negative advantage has its loss capped at
     -A * c. The log-ratio is clamped to +-20 so exp cannot overflow; that changes nothing a clip range would keep.
     `num_tokens` is `token_mean`'s: the token count of the whole accumulated batch when this is one micro-batch.
+    `token_weights` [B, T] multiply each token's loss (0 leaves a token out, e.g. a low-entropy one, or an importance
+    weight between vLLM's and the policy's sampling); the denominator stays the count of masked tokens.
 
     Returns (loss, clip_fraction, ratio_mean): `clip_fraction` is the share of masked tokens whose clipped term is
     strictly larger than the unclipped one, that is where the clip is active and the token gives no gradient (verl's
@@ -89,11 +94,43 @@ def clipped_policy_loss(
     losses = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         losses = torch.where(advantages < 0, torch.minimum(losses, -advantages * dual_clip), losses)
-    loss = token_mean(losses, mask, num_tokens)
+    if token_weights is not None:
+        losses = losses * token_weights.to(losses.dtype)
+    loss = token_mean(losses, mask, num_tokens if num_tokens is not None else mask.sum())
     with torch.no_grad():
         clip_fraction = token_mean((clipped > unclipped).to(log_probs.dtype), mask)
         ratio_mean = token_mean(ratio, mask)
     return loss, clip_fraction, ratio_mean
+
+
+def importance_sampling_weights(
+    log_probs: list[float],
+    sampling_log_probs: list[float | None] | None,
+    mode: str,
+    clip_min: float | None,
+    clip_max: float | None,
+) -> list[float]:
+    """Per completion token, the importance weight pi(y_t) / pi_sampler(y_t) between the policy's log-probs and the
+    sampler's (vLLM's) of one sampled completion, as TRL's `vllm_importance_sampling_*` define it (the twin of
+    `reference.importance_sampling_weights`): per token (`token_*`) or one for the whole sequence, the product of its
+    tokens' ratios (`sequence_*`); outside [clip_min, clip_max] clipped (`*_truncate`) or 0 (`*_mask`). A token the
+    sampler gave no log-prob for (None) has ratio 1; a completion with none at all (not sampled by vLLM, or replaced
+    by a sample filter) weighs 1 throughout."""
+    if sampling_log_probs is None or len(sampling_log_probs) != len(log_probs):
+        return [1.0] * len(log_probs)
+    differences = torch.tensor(
+        [0.0 if sampled is None else old - sampled for old, sampled in zip(log_probs, sampling_log_probs)],
+        dtype=torch.float64,
+    )
+    log_ratios = differences.sum().expand_as(differences) if mode.startswith("sequence") else differences
+    ratios = log_ratios.exp()
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    if mode.endswith("truncate"):
+        ratios = ratios.clamp(low, high)
+    else:
+        ratios = ratios.masked_fill((ratios < low) | (ratios > high), 0.0)
+    return ratios.tolist()
 
 
 def low_var_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, max_value: float | None = 10.0) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .sequences import (
 )
 from .stages import Pool
 from .stages.prompts import contiguous_share, draw_prompts, each_prompt_repeated, validate_prompt_dataset
-from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
+from .stages.scoring import RewardLog, reward_columns, reward_weight_tensor, score_candidates
 from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generation
 
 # The candidates file's own columns; the prompt dataset's other columns follow them, for the reward functions.
@@ -87,7 +87,9 @@ def generate_phase(
     args.check_processes(processes.num_processes)
     from_memory = isinstance(model, PreTrainedModel)  # its weights may differ from the checkpoint vLLM loads
     model, tokenizer = load_policy(model, processing_class, args)
-    train_dataset, prompt_ids = tokenize_prompts(train_dataset, tokenizer, args.max_prompt_length)
+    train_dataset, prompt_ids = tokenize_prompts(
+        train_dataset, tokenizer, args.max_prompt_length, args.chat_template_kwargs
+    )
     draw = draw_prompts(
         stage,
         train_dataset,
@@ -95,6 +97,7 @@ def generate_phase(
         args.seed,
         processes.process_index,
         processes.num_processes,
+        args.shuffle_dataset,
     )
     mine = [prompt_ids[i] for i in draw.prompt_indices]
     set_seed(int(np.random.SeedSequence([args.seed, stage, processes.process_index]).generate_state(1)[0]))
@@ -164,6 +167,7 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         reward_processing_classes,
         show_progress=not args.disable_tqdm and processes.is_local_main_process,
         batch_size=args.generation_batch_size,
+        trust_remote_code=args.trust_remote_code,
     )
     weights = reward_weight_tensor(args.reward_weights, len(reward_funcs))
     move_models(reward_funcs, args.device)
@@ -172,13 +176,17 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         name: contiguous_share(values, processes.process_index, processes.num_processes)
         for name, values in columns.items()
     }
+    reward_log = RewardLog()
     kwargs = {
         "prompts": mine["prompt"],
         **completion_reward_inputs(mine),
         **{name: values for name, values in mine.items() if name not in CANDIDATE_COLUMNS},
         "trainer_state": None,  # no Trainer runs this phase
+        "log_extra": reward_log.log_extra,  # columns of the stage file; `log_metric`s have no log record here
+        "log_metric": reward_log.log_metric,
     }
     rewards, rewards_per_func = score_candidates(reward_funcs, weights, kwargs, args.device)
+    logged = gather_object(reward_log.take(len(rewards))[0])
     pool = Pool.gather(
         {
             "candidates": {name: mine[name] for name in CANDIDATE_COLUMNS},
@@ -199,6 +207,7 @@ def score_phase(reward_fn, args: RAFTConfig, stage: int, reward_processing_class
         **columns,
         "completion_length": [len(ids) for ids in columns["completion_ids"]],
         **reward_columns(rewards, rewards_per_func, [reward_function_name(f) for f in reward_funcs]),
+        **{column: [values.get(column) for values in logged] for column in sorted({c for v in logged for c in v})},
         "selected": kept.tolist(),
     }
     path = stage_file_path(args.output_dir, stage)
@@ -268,8 +277,8 @@ def write_on_main_process(columns: dict[str, list], path: str, processes: Partia
 def load_policy(model: str | PreTrainedModel, processing_class, args: RAFTConfig):
     """The policy and its tokenizer (with a pad token), loaded when given by id or path."""
     if isinstance(model, str):
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_name(model), **(args.model_init_kwargs or {}))
-    return model, load_tokenizer(model.name_or_path, processing_class)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_name(model), **args.from_pretrained_kwargs)
+    return model, load_tokenizer(model.name_or_path, processing_class, args.trust_remote_code)
 
 
 def read_jsonl(path: str, previous_phase: str, stage: int) -> dict[str, list]:

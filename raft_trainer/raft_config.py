@@ -7,8 +7,27 @@ from transformers import TrainingArguments
 from .stage_config import StageConfig, keyword_arguments, require
 from .stages.selection import SelectionRule
 
+# Sampling settings RAFTConfig has fields for: generation_kwargs may not set them (GenerationConfig's name: ours).
+SAMPLING_FIELDS = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_completion_length",
+    "max_tokens": "max_completion_length",
+    "num_return_sequences": "num_generations",
+    "n": "num_generations",
+    "do_sample": "temperature",
+    "cache_implementation": "cache_implementation",
+}
 # GRPOConfig fields that RAFTConfig takes under another name (docs/grpo_config.md).
-GRPO_EQUIVALENTS = {"beta": "kl_loss_coef", "num_iterations": "epochs_per_stage", "delta": "dual_clip"}
+GRPO_EQUIVALENTS = {
+    "beta": "kl_loss_coef",
+    "num_iterations": "epochs_per_stage",
+    "delta": "dual_clip",
+    "vllm_importance_sampling_cap": "vllm_importance_sampling_clip_max",  # its deprecated name
+}
 # GRPOConfig fields named like RAFTConfig's that mean something else there, and GRPO's own bookkeeping of how its
 # updates fall into rounds of generation: none is carried over (beta is, as kl_loss_coef).
 GRPO_NOT_CARRIED = {"beta", "loss_type", "generation_batch_size", "steps_per_generation"}
@@ -31,6 +50,28 @@ class RAFTConfig(StageConfig):
             Sample from the `top_k` most likely tokens only; `0` disables it.
         top_p (`float`, *optional*, defaults to `1.0`):
             Nucleus sampling: sample from the smallest set of tokens whose probability reaches `top_p`.
+        min_p (`float` or `None`, *optional*, defaults to `None`):
+            Sample only tokens whose probability is at least `min_p` times the most likely token's (0.01-0.2 is
+            usual); `None` disables it. Like `top_k` and `top_p` it only narrows which tokens can be drawn.
+        repetition_penalty (`float`, *optional*, defaults to `1.0`):
+            Penalise every token already in the prompt or the completion so far (transformers' and vLLM's
+            definition: a logit divided by it where positive, multiplied where negative). The old log-probs and the
+            loss of RAFT++ and Reinforce-Rej read the same penalised distribution, so their ratio starts at 1.
+        generation_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Further `GenerationConfig` keywords for sampling (`SamplingParams` with vLLM), e.g.
+            `{"no_repeat_ngram_size": 3}`; a sampling setting RAFTConfig has its own field for must be set there.
+            What they change is for sampling only, as `top_k`.
+        cache_implementation (`str` or `None`, *optional*, defaults to `None`):
+            The key-value cache `generate` keeps (`"static"`, ...; transformers' `GenerationConfig` field). `None`:
+            the model's own, or RAFT's prompt-once cache, which encodes each prompt once for its K samples.
+        chat_template_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Keywords for the tokenizer's `apply_chat_template` when chat prompts are rendered (e.g.
+            `{"enable_thinking": false}`).
+        num_generations_eval (`int` or `None`, *optional*, defaults to `None`):
+            Completions sampled per held-out prompt by `evaluate()`; `eval_reward` is their mean. `None`: one.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Let models and tokenizers given by id run the Python code they ship (the policy, the reference, a
+            candidate model and reward models). Off unless you trust the source.
         max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
             Prompts longer than this many tokens are dropped from the dataset (the count is logged); the paper
             drops prompts over 256 tokens. `None` keeps every prompt.
@@ -73,6 +114,17 @@ class RAFTConfig(StageConfig):
             Turn off the policy's dropout (TRL's name). The sampling log-probs are taken without dropout, so with it
             on the ratio pi / pi_old is not 1 even on a stage's first step. `None`: on for `"raft++"` and
             `"reinforce_rej"`, off for `"raft"` (whose SFT loss has no ratio).
+        top_entropy_quantile (`float`, *optional*, defaults to `1.0`):
+            `"raft++"` and `"reinforce_rej"`: only the tokens whose sampling entropy is in the top quantile of the
+            optimizer step's completion tokens are trained (Wang et al. 2025, "Beyond the 80/20 rule": 0.2); `1.0`
+            trains every token, `0.0` only the highest-entropy one.
+        entropy_coef (`float`, *optional*, defaults to `0.0`):
+            `"raft++"` and `"reinforce_rej"`: subtract `entropy_coef` times the mean token entropy of the trained
+            tokens from the loss (an exploration bonus against entropy collapse); `0` disables it.
+        cast_lm_head_to_fp32 (`bool`, *optional*, defaults to `False`):
+            Compute the policy's (and the reference's) logits in float32 under bf16 or fp16 training, so that the
+            log-probs of the ratio and the KL term are not rounded (the ScaleRL recipe). Needs an lm_head not tied
+            to the input embeddings, and not adapted by PEFT.
         kl_loss_coef (`float`, *optional*, defaults to `0.0`):
             Weight of a KL loss to the initial model (the low-variance k3 estimator, per token); 0.001 in the
             paper's runs. A frozen reference is then loaded (or the adapter disabled under PEFT).
@@ -102,6 +154,18 @@ class RAFTConfig(StageConfig):
         vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
             In colocate mode, vLLM frees its weights and cache between stages, so that fine-tuning has the GPU to
             itself (RAFT's one model at a time); they come back, with the new weights, at the next stage.
+        vllm_importance_sampling_correction (`bool`, *optional*, defaults to `True`):
+            With `use_vllm` and `"raft++"` / `"reinforce_rej"`: weigh each token's loss by the importance ratio
+            pi_old / pi_vllm between the policy's own log-prob of the sampled token and vLLM's, bounded as
+            `vllm_importance_sampling_mode` says (TRL's correction for the sampler's numerical drift).
+        vllm_importance_sampling_mode (`str`, *optional*, defaults to `"sequence_mask"`):
+            `"token_truncate"`, `"token_mask"`, `"sequence_truncate"` or `"sequence_mask"` (TRL's modes): per token
+            or per sequence (the product of a completion's token ratios), out-of-bound ratios clipped to the bounds
+            or set to 0.
+        vllm_importance_sampling_clip_max (`float` or `None`, *optional*, defaults to `3.0`):
+            The importance ratio's upper bound C_max; `None`: none.
+        vllm_importance_sampling_clip_min (`float` or `None`, *optional*, defaults to `None`):
+            The lower bound C_min; `None`: none.
         model_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is given as a string (a dict,
             or JSON text on the command line: `'{"dtype": "bfloat16"}'`).
@@ -110,6 +174,28 @@ class RAFTConfig(StageConfig):
     temperature: float = field(default=1.0, metadata={"help": "lambda: sampling temperature of the candidates."})
     top_k: int = field(default=0, metadata={"help": "Sample from the top_k most likely tokens only; 0 disables it."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold; 1.0 disables it."})
+    min_p: float | None = field(
+        default=None, metadata={"help": "Sample only tokens at least min_p times as likely as the best (None: off)."}
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Penalise tokens already in the prompt or completion (1.0: off); the loss reads it too."},
+    )
+    generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Further GenerationConfig (vLLM: SamplingParams) keywords for sampling."}
+    )
+    cache_implementation: str | None = field(
+        default=None, metadata={"help": "generate's key-value cache ('static', ...); None: RAFT's prompt-once cache."}
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keywords for apply_chat_template when chat prompts are rendered."}
+    )
+    num_generations_eval: int | None = field(
+        default=None, metadata={"help": "Completions per held-out prompt in evaluate() (None: one)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Let models and tokenizers given by id run the code they ship."}
+    )
     max_prompt_length: int | None = field(
         default=256, metadata={"help": "Prompts longer than this many tokens are dropped (paper: 256)."}
     )
@@ -151,6 +237,16 @@ class RAFTConfig(StageConfig):
         default=None,
         metadata={"help": "Turn off the policy's dropout (None: on for raft++ and reinforce_rej, off for raft)."},
     )
+    top_entropy_quantile: float = field(
+        default=1.0,
+        metadata={"help": "raft++ / reinforce_rej: train only the top quantile of tokens by entropy (1.0: all)."},
+    )
+    entropy_coef: float = field(
+        default=0.0, metadata={"help": "raft++ / reinforce_rej: weight of an entropy bonus in the loss (0: off)."}
+    )
+    cast_lm_head_to_fp32: bool = field(
+        default=False, metadata={"help": "Compute the logits in float32 (an untied lm_head without an adapter)."}
+    )
     kl_loss_coef: float = field(default=0.0, metadata={"help": "Weight of a k3 KL loss to the initial model."})
     log_entropy: bool = field(
         default=False,
@@ -183,6 +279,25 @@ class RAFTConfig(StageConfig):
     vllm_enable_sleep_mode: bool = field(
         default=False, metadata={"help": "Colocate mode: vLLM frees its weights and cache while the policy trains."}
     )
+    vllm_importance_sampling_correction: bool = field(
+        default=True,
+        metadata={
+            "help": "use_vllm with raft++ / reinforce_rej: weigh tokens by pi_old / pi_vllm (TRL's correction)."
+        },
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={
+            "help": "How the importance ratio is bounded: per token or sequence, truncated or masked.",
+            "choices": ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
+        },
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "The importance ratio's upper bound (None: none)."}
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "The importance ratio's lower bound (None: none)."}
+    )
     model_init_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "from_pretrained kwargs when the model is given by name (a dict, or JSON text)."},
@@ -199,6 +314,44 @@ class RAFTConfig(StageConfig):
         )
         require(
             self.max_completion_length >= 1, f"max_completion_length must be >= 1 (got {self.max_completion_length})."
+        )
+        require(self.min_p is None or 0 <= self.min_p <= 1, f"min_p must be in [0, 1] or None (got {self.min_p}).")
+        require(
+            self.repetition_penalty > 0,
+            f"repetition_penalty must be > 0 (got {self.repetition_penalty}); 1.0 disables it.",
+        )
+        self.generation_kwargs = keyword_arguments(self.generation_kwargs, "generation_kwargs")
+        own_fields = sorted(set(self.generation_kwargs or {}) & SAMPLING_FIELDS.keys())
+        require(
+            not own_fields,
+            f"generation_kwargs sets {own_fields}, which RAFTConfig has fields for: set "
+            f"{', '.join(SAMPLING_FIELDS[name] for name in own_fields)} instead.",
+        )
+        self.chat_template_kwargs = keyword_arguments(self.chat_template_kwargs, "chat_template_kwargs")
+        require(
+            self.num_generations_eval is None or self.num_generations_eval >= 1,
+            f"num_generations_eval must be >= 1 or None (got {self.num_generations_eval}).",
+        )
+        require(
+            0 <= self.top_entropy_quantile <= 1,
+            f"top_entropy_quantile must be in [0, 1] (got {self.top_entropy_quantile}); 1.0 trains every token.",
+        )
+        require(self.entropy_coef >= 0, f"entropy_coef must be >= 0 (got {self.entropy_coef}); 0 disables it.")
+        require(
+            self.loss_type != "raft" or (self.top_entropy_quantile == 1 and self.entropy_coef == 0),
+            "top_entropy_quantile and entropy_coef shape the clipped losses: set loss_type='raft++' or "
+            "'reinforce_rej', or leave them at 1.0 and 0.",
+        )
+        require(
+            self.vllm_importance_sampling_mode
+            in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+            "vllm_importance_sampling_mode must be 'token_truncate', 'token_mask', 'sequence_truncate' or "
+            f"'sequence_mask' (got {self.vllm_importance_sampling_mode!r}).",
+        )
+        bounds = (self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
+        require(
+            all(bound is None or bound >= 0 for bound in bounds) and (None in bounds or bounds[0] <= bounds[1]),
+            f"vllm_importance_sampling_clip_min / _max must be >= 0 with min <= max, or None (got {bounds}).",
         )
         require(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); 0 disables the KL penalty.")
         require(self.epochs_per_stage >= 1, f"epochs_per_stage must be >= 1 (got {self.epochs_per_stage}).")
@@ -295,6 +448,12 @@ class RAFTConfig(StageConfig):
             carried = name in ("vllm_server_host", "vllm_server_port")
             if not carried and not resolved_at_init and getattr(grpo_config, name) != default:
                 dropped.append(f"{name}={getattr(grpo_config, name)!r}")
+        if {**values, **overrides}.get("loss_type", "raft") == "raft":
+            for name in ("top_entropy_quantile", "entropy_coef"):  # they shape the clipped losses only
+                if values.get(name, cls.__dataclass_fields__[name].default) != cls.__dataclass_fields__[name].default:
+                    dropped.append(
+                        f"{values.pop(name)!r} for {name} (it shapes loss_type='raft++' and 'reinforce_rej')"
+                    )
         if grpo_config.loss_type != "dapo":
             dropped.append(
                 f"loss_type={grpo_config.loss_type!r} (RAFT's losses are token means over the step: 'dapo')"
@@ -319,6 +478,16 @@ class RAFTConfig(StageConfig):
             distinct_columns=("completion", "truncated"),
             contrast_groups=self.loss_type == "reinforce_rej",
         )
+
+    @property
+    def from_pretrained_kwargs(self) -> dict:
+        """What `from_pretrained` takes for a model given by id: `model_init_kwargs` and `trust_remote_code`."""
+        return {"trust_remote_code": self.trust_remote_code, **(self.model_init_kwargs or {})}
+
+    @property
+    def corrects_vllm_sampling(self) -> bool:
+        """Whether the clipped losses weigh tokens by the importance ratio between the policy and vLLM's sampling."""
+        return self.use_vllm and self.uses_policy_ratio and self.vllm_importance_sampling_correction
 
     @property
     def reads_sampling_log_probs(self) -> bool:

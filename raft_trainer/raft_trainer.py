@@ -27,16 +27,20 @@ from .models import resolve_model_name
 from .raft_config import RAFTConfig, as_raft_config
 from .rewards import as_reward_functions, one_reward_argument
 from .sequences import (
+    POLICY_LOSS_KEYS,
     PolicyLossCollator,
     TextCandidates,
     candidate_generation_config,
+    cast_lm_head_to_fp32,
     completion_reward_inputs,
     completion_token_log_probs,
     disable_dropout,
     generate_completions,
+    high_entropy_mask,
     left_padded,
     load_tokenizer,
     per_token_log_probs,
+    sampling_logits,
     sft_example,
     tokenize_prompts,
     truncated_flags,
@@ -50,6 +54,8 @@ from .vllm_sampling import check_vllm_settings, sample_with_vllm, vllm_generatio
 class RAFTTrainer(StageTrainer):
     """RAFT (Reward rAnked FineTuning) for causal language models.
 
+    The first nine parameters are `trl.GRPOTrainer`'s, in its order; the others are keyword-only.
+
     Args:
         model (`str` or `PreTrainedModel`): the policy, or the id / path to load it from.
         reward_funcs: a reward function (TRL's convention, see `raft_trainer.rewards`), a reward-model id or
@@ -58,14 +64,16 @@ class RAFTTrainer(StageTrainer):
         args (`RAFTConfig`): the configuration; a trl `GRPOConfig` is carried over (`RAFTConfig.from_grpo_config`).
         train_dataset (`datasets.Dataset`): prompts in a `prompt` column, as text or as chat messages; the other
             columns are passed to the reward functions.
+        eval_dataset (`datasets.Dataset` or a dict of them, *optional*): held-out prompts for `evaluate()` (and
+            `eval_strategy`), in the same form.
         processing_class: the policy's tokenizer (loaded from the model's path when omitted).
         reward_processing_classes: tokenizers of reward models given as `PreTrainedModel`, one per reward function.
+        callbacks, optimizers: as in `transformers.Trainer`.
         peft_config (`peft.PeftConfig`, *optional*): train a PEFT adapter (e.g. LoRA) on the policy instead of all its
             weights; with `beta > 0` the reference log-probs come from the same model with the adapter disabled, so
             no second copy is held. `save_model` then writes the adapter.
         sample_filter: called before ranking with the reward-function keywords; returns per candidate `True`
             (keep), `False` (drop: never selected) or replacement completion text (paper appendix A.2).
-        callbacks, optimizers: as in `transformers.Trainer`.
         candidate_model (`str` or `PreTrainedModel`, *optional*): another (usually larger) model that generates the
             candidates; the policy learns from its ranked samples (paper section 4.3: GPT-Neo-2.7B learning from
             LLaMA-7B's best of 32). Its completions are re-tokenized with the policy's tokenizer.
@@ -84,18 +92,18 @@ class RAFTTrainer(StageTrainer):
         reward_funcs=None,
         args: RAFTConfig | None = None,
         train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
         processing_class=None,
         reward_processing_classes=None,
-        sample_filter=None,
         callbacks=None,
         optimizers=(None, None),
+        *,
         peft_config: PeftConfig | None = None,
+        sample_filter=None,
         candidate_model: str | PreTrainedModel | None = None,
         candidate_processing_class=None,
         prompt_for_generation: Callable | None = None,
         candidate_dataset: Dataset | None = None,
-        eval_dataset: Dataset | dict[str, Dataset] | None = None,
-        *,
         reward_fn=None,
     ):
         reward_funcs = one_reward_argument(reward_funcs, reward_fn)
@@ -108,8 +116,10 @@ class RAFTTrainer(StageTrainer):
             args, train_dataset, eval_dataset, candidate_dataset, candidate_model, prompt_for_generation
         )
         model_id = resolve_model_name(model) if isinstance(model, str) else None  # the packaged SmolLM2 by name
-        processing_class = load_tokenizer(model_id or model.name_or_path, processing_class)
-        train_dataset, self.prompt_ids = tokenize_prompts(train_dataset, processing_class, args.max_prompt_length)
+        processing_class = load_tokenizer(model_id or model.name_or_path, processing_class, args.trust_remote_code)
+        train_dataset, self.prompt_ids = tokenize_prompts(
+            train_dataset, processing_class, args.max_prompt_length, args.chat_template_kwargs
+        )
         dataset_completions = None
         if candidate_dataset is not None:
             dataset_completions = completions_by_prompt(candidate_dataset, train_dataset)
@@ -118,7 +128,7 @@ class RAFTTrainer(StageTrainer):
                     train_dataset, self.prompt_ids, dataset_completions
                 )
 
-        model_init_kwargs = args.model_init_kwargs or {}
+        model_init_kwargs = args.from_pretrained_kwargs
         if model_id is not None:
             model = AutoModelForCausalLM.from_pretrained(model_id, **model_init_kwargs)
 
@@ -138,6 +148,10 @@ class RAFTTrainer(StageTrainer):
                 else copy.deepcopy(model)
             )
             self.ref_model.eval().requires_grad_(False)
+        if args.cast_lm_head_to_fp32:
+            for policy_or_reference in (model, self.ref_model):
+                if policy_or_reference is not None:
+                    cast_lm_head_to_fp32(policy_or_reference)
 
         self.eos_token_ids = candidate_generation_config(model, processing_class, args).eos_token_id
         # The token that ends a text the policy did not sample itself (a dataset completion, a re-tokenized or
@@ -168,7 +182,9 @@ class RAFTTrainer(StageTrainer):
                     resolve_model_name(candidate_model), **model_init_kwargs
                 )
             self.candidate_model = candidate_model.eval().requires_grad_(False)
-            self.candidate_tokenizer = load_tokenizer(candidate_model.name_or_path, candidate_processing_class)
+            self.candidate_tokenizer = load_tokenizer(
+                candidate_model.name_or_path, candidate_processing_class, args.trust_remote_code
+            )
         self.generation_config = candidate_generation_config(
             self.candidate_model or model, self.candidate_tokenizer, args
         )
@@ -179,7 +195,9 @@ class RAFTTrainer(StageTrainer):
                 generation_prompts = Dataset.from_dict(
                     {"prompt": list(map(prompt_for_generation, train_dataset["prompt"]))}
                 )
-            _, self.generation_prompt_ids = tokenize_prompts(generation_prompts, self.candidate_tokenizer, None)
+            _, self.generation_prompt_ids = tokenize_prompts(
+                generation_prompts, self.candidate_tokenizer, None, args.chat_template_kwargs
+            )
         super().__init__(
             model,
             as_reward_functions(
@@ -187,6 +205,7 @@ class RAFTTrainer(StageTrainer):
                 reward_processing_classes,
                 show_progress=not args.disable_tqdm,
                 batch_size=args.generation_batch_size,
+                trust_remote_code=args.trust_remote_code,
             ),
             args,
             train_dataset,
@@ -261,13 +280,32 @@ class RAFTTrainer(StageTrainer):
             policy = self.accelerator.unwrap_model(self.model)
             examples = self.sft_examples(candidates, range(len(candidates["completion_ids"])))
             candidates["old_log_probs"], candidates["entropy"] = per_token_log_probs(
-                policy, examples, self.data_collator, self.log_prob_batch_size, self.args.temperature
+                policy,
+                examples,
+                self.data_collator,
+                self.log_prob_batch_size,
+                self.args.temperature,
+                self.args.repetition_penalty,
             )
+        if self.args.corrects_vllm_sampling:
+            # vLLM's log-probs of its own samples against the policy's: their ratio corrects the sampler's drift.
+            candidates["importance_weights"] = [
+                losses.importance_sampling_weights(
+                    old,
+                    sampled,
+                    self.args.vllm_importance_sampling_mode,
+                    self.args.vllm_importance_sampling_clip_min,
+                    self.args.vllm_importance_sampling_clip_max,
+                )
+                for old, sampled in zip(candidates["old_log_probs"], candidates["sampling_log_probs"])
+            ]
         return scored
 
     def gathered_candidates(self, prompt_indices: list[int]) -> TextCandidates:
         """The policy's samples of the prompts, and their completions from the candidate dataset if there is one."""
         candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "truncated": [], "prompt_position": []}
+        if self.vllm_generation is not None:
+            candidates["sampling_log_probs"] = []
         if self.args.candidate_source != "dataset":
             candidates = self.sampled_candidates(prompt_indices)
         if self.dataset_candidates is not None:
@@ -280,6 +318,8 @@ class RAFTTrainer(StageTrainer):
                     candidates["truncated"].append(False)  # a dataset completion is a whole answer
                     candidates["prompt_position"].append(position)
                     candidates["source"].append("dataset")
+                    if self.vllm_generation is not None:
+                        candidates["sampling_log_probs"].append(None)  # not sampled: no correction
         return candidates
 
     def sampled_candidates(self, prompt_indices: list[int]) -> TextCandidates:
@@ -287,8 +327,11 @@ class RAFTTrainer(StageTrainer):
         per_prompt = self.args.generations_per_prompt
         prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
         generation_prompt_ids = [self.generation_prompt_ids[i] for i in prompt_indices]
+        sampled = {}
         if self.vllm_generation is not None:
-            completion_ids = sample_with_vllm(self.vllm_generation, generation_prompt_ids, per_prompt)
+            completion_ids, sampled["sampling_log_probs"] = sample_with_vllm(
+                self.vllm_generation, generation_prompt_ids, per_prompt, with_log_probs=True
+            )
         elif self.candidate_model is None:
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
                 completion_ids = self.sample(policy, generation_prompt_ids)
@@ -305,20 +348,31 @@ class RAFTTrainer(StageTrainer):
             "completion": completions,
             "truncated": truncated,
             "prompt_position": each_prompt_repeated(len(prompt_indices), per_prompt),
+            **sampled,
         }
 
     def evaluation_candidates(self, prompts: list) -> TextCandidates:
-        """One completion per held-out prompt, sampled by the policy with the training settings."""
-        _, prompt_ids = tokenize_prompts(Dataset.from_dict({"prompt": prompts}), self.processing_class, None)
+        """`num_generations_eval` completions (default one) per held-out prompt, sampled by the policy with the
+        training settings."""
+        _, prompt_ids = tokenize_prompts(
+            Dataset.from_dict({"prompt": prompts}), self.processing_class, None, self.args.chat_template_kwargs
+        )
+        per_prompt = self.args.num_generations_eval or 1
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
             completion_ids = generate_completions(
-                policy, prompt_ids, self.generation_config, 1, self.args.generation_batch_size, show_progress=False
+                policy,
+                prompt_ids,
+                self.generation_config,
+                per_prompt,
+                self.args.generation_batch_size,
+                show_progress=False,
             )
+        prompt_of = each_prompt_repeated(len(prompts), per_prompt)
         return {
-            "prompt_ids": prompt_ids,
+            "prompt_ids": [prompt_ids[i] for i in prompt_of],
             "completion_ids": completion_ids,
             "completion": self.processing_class.batch_decode(completion_ids, skip_special_tokens=True),
-            "prompt_position": list(range(len(prompts))),
+            "prompt_position": prompt_of,
         }
 
     def evaluation_metrics(self, candidates: TextCandidates) -> dict[str, float]:
@@ -355,6 +409,8 @@ class RAFTTrainer(StageTrainer):
         ids = self.processing_class(replacement, add_special_tokens=False)["input_ids"]
         candidates["completion_ids"][index] = ids + ([self.end_token_id] if ended else [])
         candidates["completion"][index] = replacement
+        if self.vllm_generation is not None:
+            candidates["sampling_log_probs"][index] = None  # no longer vLLM's sample: no correction
 
     # ----------------------------------------------------------------------------------------------------------------
     # Ranking and selection
@@ -413,6 +469,9 @@ class RAFTTrainer(StageTrainer):
             for example, i in zip(examples, kept_indices):
                 example["old_log_probs"] = left_padded(candidates["old_log_probs"][i], len(example["input_ids"]))
                 example["advantages"] = self.advantage(candidates["reward"][i])
+                if self.args.corrects_vllm_sampling:
+                    weights = candidates["importance_weights"][i]
+                    example["importance_weights"] = left_padded(weights, len(example["input_ids"]))
         if self.args.kl_loss_coef > 0:
             for example, log_probs in zip(examples, self.kept_set_reference_log_probs(examples)):
                 example["ref_log_probs"] = left_padded(log_probs, len(example["input_ids"]))
@@ -437,15 +496,16 @@ class RAFTTrainer(StageTrainer):
         return list(itertools.chain(*gather_object([self.reference_log_probs(self.process_share(examples))])))
 
     def reference_log_probs(self, examples: list[dict]) -> list[list[float]]:
-        """Each example's completion-token log-probs under the frozen initial model, at the loss's temperature."""
-        temperature = self.args.temperature if self.args.uses_policy_ratio else 1.0
+        """Each example's completion-token log-probs under the frozen initial model, in the loss's distribution (at the
+        sampling temperature and repetition penalty for the clipped losses)."""
+        sampling = (self.args.temperature, self.args.repetition_penalty) if self.args.uses_policy_ratio else (1.0, 1.0)
         batch_size = self.log_prob_batch_size
         if self.ref_model is not None:
             with visiting(self.ref_model, self.accelerator.device, self.args.offload_inactive_models):
-                return per_token_log_probs(self.ref_model, examples, self.data_collator, batch_size, temperature)[0]
+                return per_token_log_probs(self.ref_model, examples, self.data_collator, batch_size, *sampling)[0]
         policy = self.accelerator.unwrap_model(self.model)
         with policy.disable_adapter():
-            return per_token_log_probs(policy, examples, self.data_collator, batch_size, temperature)[0]
+            return per_token_log_probs(policy, examples, self.data_collator, batch_size, *sampling)[0]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """RAFT: the model's own causal-LM loss on the kept samples (the SFT loss). RAFT++ and Reinforce-Rej: the
@@ -453,15 +513,13 @@ class RAFTTrainer(StageTrainer):
         args = self.args
         if not args.uses_policy_ratio and args.kl_loss_coef == 0:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        extras = {
-            name: inputs.pop(name) for name in ("old_log_probs", "ref_log_probs", "advantages") if name in inputs
-        }
+        extras = {name: inputs.pop(name) for name in POLICY_LOSS_KEYS if name in inputs}
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         labels = inputs["labels"][:, 1:]
         mask = labels != -100
         logits = outputs.logits[:, :-1]
-        if args.uses_policy_ratio:
-            logits = logits / args.temperature  # the distribution the stage was sampled from
+        if args.uses_policy_ratio:  # the distribution the stage was sampled from
+            logits = sampling_logits(logits, inputs["input_ids"], args.temperature, args.repetition_penalty)
         log_probs = losses.selected_token_log_probs(logits, labels)
         # Normalised as the Trainer normalises a model's own loss: by the completion tokens of every micro-batch of
         # the optimizer step (`num_items_in_batch`), so that neither gradient accumulation nor how the kept set falls
@@ -470,6 +528,14 @@ class RAFTTrainer(StageTrainer):
         num_tokens = num_items_in_batch  # a count over the whole step, or None
         if args.uses_policy_ratio:
             epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
+            token_weights = extras["importance_weights"][:, 1:] if "importance_weights" in extras else None
+            entropy = None
+            if args.top_entropy_quantile < 1 or args.entropy_coef > 0:
+                entropy = losses.entropy_from_logits(logits)
+            if args.top_entropy_quantile < 1:
+                # Only the high-entropy "forking" tokens are trained (the quantile over every process's tokens).
+                trained = high_entropy_mask(entropy.detach(), mask, args.top_entropy_quantile, self.accelerator)
+                token_weights = trained.to(log_probs.dtype) * (1.0 if token_weights is None else token_weights)
             loss, clip_fraction, ratio_mean = losses.clipped_policy_loss(
                 log_probs,
                 extras["old_log_probs"][:, 1:],
@@ -479,9 +545,14 @@ class RAFTTrainer(StageTrainer):
                 epsilon_high,
                 dual_clip=args.dual_clip,
                 num_tokens=num_tokens,
+                token_weights=token_weights,
             )
             self._loss_metrics["clip_fraction"].append(clip_fraction.item())
             self._loss_metrics["ratio_mean"].append(ratio_mean.item())
+            if args.entropy_coef > 0:
+                # The bonus acts on the tokens the policy term trains, normalised like it.
+                trained = mask if args.top_entropy_quantile == 1 else mask & (token_weights > 0)
+                loss = loss - args.entropy_coef * losses.token_mean(entropy, trained, num_tokens)
         else:
             loss = -losses.token_mean(log_probs, mask, num_tokens)
         if args.kl_loss_coef > 0:

@@ -121,6 +121,7 @@ def clipped_policy_loss(
     epsilon_low: float,
     epsilon_high: float,
     dual_clip: float | None = None,
+    token_weights: Sequence[Sequence[float]] | None = None,
 ) -> tuple[float, float, float]:
     """The PPO-clipped, importance-weighted loss of RAFT++ and Reinforce-Rej (Xiong et al. 2025).
 
@@ -131,7 +132,9 @@ def clipped_policy_loss(
         loss_t = max(-A * rho, -A * clip(rho, 1 - epsilon_low, 1 + epsilon_high))  (= -min(rho A, clip(rho) A))
 
     With `dual_clip` = c (Minimal-RL and verl use c = 3), a token with a negative advantage has its loss capped at
-    -A * c, so a very unlikely-under-the-old-policy token cannot push the loss without bound.
+    -A * c, so a very unlikely-under-the-old-policy token cannot push the loss without bound. `token_weights[i]`
+    multiply sequence i's token losses (0 drops a token, as the high-entropy mask does; vLLM's importance weights)
+    while every token still counts in the mean.
 
     Returns (loss, clip_fraction, ratio_mean), all three means over every token of every sequence ("token-mean"
     aggregation, verl's default and what Minimal-RL's runs use: long sequences weigh more; the paper's formula
@@ -140,14 +143,15 @@ def clipped_policy_loss(
     gradient (verl's pg_clipfrac; the dual clip is not counted), and `ratio_mean` is the mean of rho.
     """
     losses, clipped, ratios = [], [], []
-    for new, old, advantage in zip(log_probs, old_log_probs, advantages, strict=True):
+    weights = token_weights if token_weights is not None else [np.ones(len(new)) for new in log_probs]
+    for new, old, advantage, weight in zip(log_probs, old_log_probs, advantages, weights, strict=True):
         rho = np.exp(np.asarray(new, dtype=float) - np.asarray(old, dtype=float))
         unclipped_loss = -advantage * rho
         clipped_loss = -advantage * np.clip(rho, 1.0 - epsilon_low, 1.0 + epsilon_high)
         loss = np.maximum(unclipped_loss, clipped_loss)
         if dual_clip is not None and advantage < 0:
             loss = np.minimum(loss, -advantage * dual_clip)
-        losses.append(loss)
+        losses.append(loss * np.asarray(weight, dtype=float))
         clipped.append(clipped_loss > unclipped_loss)
         ratios.append(rho)
     all_losses, all_clipped, all_ratios = (np.concatenate(values) for values in (losses, clipped, ratios))
@@ -189,3 +193,31 @@ def entropy(logits) -> np.ndarray:
     log_normalizer = np.log(np.sum(np.exp(shifted), axis=-1))
     probs = np.exp(shifted - log_normalizer[..., None])
     return log_normalizer - np.sum(probs * shifted, axis=-1)
+
+
+def high_entropy_mask(entropies: Sequence[float], quantile: float) -> np.ndarray:
+    """The tokens a `top_entropy_quantile` of `quantile` trains (Wang et al. 2025, "Beyond the 80/20 rule"): those
+    whose entropy is at least the (1 - quantile) quantile (linear interpolation) of all the tokens' entropies."""
+    entropies = np.asarray(entropies, dtype=float)
+    return entropies >= np.quantile(entropies, 1 - quantile)
+
+
+def importance_sampling_weights(
+    log_probs: Sequence[float],
+    sampling_log_probs: Sequence[float],
+    mode: str,
+    clip_min: float | None,
+    clip_max: float | None,
+) -> np.ndarray:
+    """TRL's correction for a sampler (vLLM) whose log-probs differ from the policy's: per token the ratio
+    exp(log_prob - sampling_log_prob), or with a `sequence_*` mode one ratio for the whole sequence, exp of the summed
+    differences; `*_truncate` clips it into [clip_min, clip_max], `*_mask` sets it to 0 outside."""
+    differences = np.asarray(log_probs, dtype=float) - np.asarray(sampling_log_probs, dtype=float)
+    if mode.startswith("sequence"):
+        differences = np.full_like(differences, differences.sum())
+    ratios = np.exp(differences)
+    low = -np.inf if clip_min is None else clip_min
+    high = np.inf if clip_max is None else clip_max
+    if mode.endswith("truncate"):
+        return np.clip(ratios, low, high)
+    return np.where((ratios < low) | (ratios > high), 0.0, ratios)

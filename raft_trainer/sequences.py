@@ -36,10 +36,10 @@ class TextCandidates(Candidates, total=False):
     score: list[float | None]  # beta > 0: the KL-penalised score candidates are ranked by
 
 
-def load_tokenizer(name_or_path: str, tokenizer=None):
+def load_tokenizer(name_or_path: str, tokenizer=None, trust_remote_code: bool = False):
     """`tokenizer`, or the one at `name_or_path` when none is given; one without a pad token gets its eos token as
     pad token, since batches are padded."""
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -57,16 +57,79 @@ def disable_dropout(model: PreTrainedModel) -> None:
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")  # what a forward pass of the policy takes
 
 
+def cast_lm_head_to_fp32(model: PreTrainedModel) -> None:
+    """Compute `model`'s logits in float32 whatever its own dtype and the autocast (the ScaleRL recipe): the head's
+    weights become float32 and its forward runs outside autocast on float32 hidden states. Refused for a head tied to
+    the input embeddings (they would be cast too) or adapted by PEFT."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if getattr(base.config, "tie_word_embeddings", False):
+        raise ValueError(
+            "cast_lm_head_to_fp32=True needs an lm_head not tied to the input embeddings (tie_word_embeddings=False "
+            "in the model's config): casting a tied head casts the embeddings too. Set cast_lm_head_to_fp32=False."
+        )
+    if hasattr(head, "base_layer"):
+        raise ValueError(
+            "cast_lm_head_to_fp32=True with a PEFT adapter on the lm_head: drop lm_head from the adapter's "
+            "target_modules, or set cast_lm_head_to_fp32=False."
+        )
+    head.float()
+
+    def forward_in_fp32(hidden_states: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return F.linear(hidden_states.float(), head.weight, head.bias)
+
+    head.forward = forward_in_fp32
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float, accelerator=None) -> torch.Tensor:
+    """The mask of completion tokens whose entropy is in the top `quantile` of every process's completion tokens of
+    the batch (TRL's `top_entropy_quantile`; the twin of `reference.high_entropy_mask`): at least the
+    (1 - quantile) quantile of them."""
+    values = entropy[mask.bool()].float()
+    if accelerator is not None and accelerator.num_processes > 1:  # -1 pads: no entropy is negative
+        values = accelerator.gather(accelerator.pad_across_processes(values, dim=0, pad_index=-1.0))
+        values = values[values >= 0]
+    if values.numel() == 0:
+        return mask.bool()
+    threshold = torch.quantile(values, 1 - quantile)
+    return mask.bool() & (entropy >= threshold)
+
+
 def sft_example(prompt_ids: list[int], completion_ids: list[int]) -> dict[str, list[int]]:
     """Prompt + completion tokens, with the prompt masked out of the labels: the loss is on the completion only."""
     return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
 
 
+def sampling_logits(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0, repetition_penalty: float = 1.0
+) -> torch.Tensor:
+    """The logits of the distribution candidates are sampled from, at every position at once: `logits` [B, T, V],
+    position t predicting `input_ids[:, t + 1]`. First transformers' repetition penalty (a token already in
+    `input_ids[:, : t + 1]` has its logit divided by the penalty where positive, multiplied where negative), then the
+    temperature: the order `generate` applies them in. Truncations (`top_k`, `top_p`, `min_p`) are left out, as in
+    TRL: they decide which tokens may be drawn, not the log-probs of those drawn."""
+    if repetition_penalty != 1.0:
+        batch, length, vocabulary = logits.shape
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        first_seen = torch.full((batch, vocabulary), input_ids.shape[1], device=input_ids.device)
+        first_seen = first_seen.scatter_reduce(1, input_ids, positions, reduce="amin")  # each token's first place
+        seen = first_seen[:, None, :] <= torch.arange(length, device=input_ids.device)[None, :, None]
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    return logits / temperature if temperature != 1.0 else logits
+
+
 def completion_token_log_probs(
-    model: PreTrainedModel, batch: dict, temperature: float = 1.0, with_entropy: bool = False
+    model: PreTrainedModel,
+    batch: dict,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
-    """Per-token log-probs of a collated batch's labels under `model` (logits divided by `temperature`, as when
-    sampling at it), the mask of completion tokens, and with `with_entropy` each position's entropy too.
+    """Per-token log-probs of a collated batch's labels under `model` (under `sampling_logits`: at `temperature`
+    and `repetition_penalty`, as when sampling with them), the mask of completion tokens, and with `with_entropy`
+    each position's entropy too.
 
     `batch` holds `input_ids`, `attention_mask` and `labels` (-100 outside completions), as the SFT collator makes
     them. Position t predicts token t + 1, so logits and labels are shifted against each other, as in the model's
@@ -74,8 +137,7 @@ def completion_token_log_probs(
     """
     batch = {name: tensor.to(model.device) for name, tensor in batch.items() if name in SEQUENCE_KEYS}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
+    logits = sampling_logits(logits, batch["input_ids"], temperature, repetition_penalty)
     labels = batch["labels"][:, 1:]
     log_probs, mask = selective_log_softmax(logits, labels.clamp(min=0)), labels != -100
     return (log_probs, mask, entropy_from_logits(logits)) if with_entropy else (log_probs, mask)
@@ -83,15 +145,22 @@ def completion_token_log_probs(
 
 @torch.no_grad()
 def per_token_log_probs(
-    model: PreTrainedModel, examples: list[dict], collator, batch_size: int, temperature: float = 1.0
+    model: PreTrainedModel,
+    examples: list[dict],
+    collator,
+    batch_size: int,
+    temperature: float = 1.0,
+    repetition_penalty: float = 1.0,
 ) -> tuple[list[list[float]], list[float]]:
-    """Each SFT example's completion-token log-probs under `model` at `temperature`, and its mean token entropy:
-    one batched forward pass in eval mode, no gradient."""
+    """Each SFT example's completion-token log-probs under `model` at `temperature` and `repetition_penalty`, and
+    its mean token entropy: one batched forward pass in eval mode, no gradient."""
     log_probs, entropies = [], []
     with eval_mode(model):
         for start in range(0, len(examples), batch_size):
             batch = collator(examples[start : start + batch_size])
-            token_log_probs, mask, entropy = completion_token_log_probs(model, batch, temperature, with_entropy=True)
+            token_log_probs, mask, entropy = completion_token_log_probs(
+                model, batch, temperature, with_entropy=True, repetition_penalty=repetition_penalty
+            )
             for row, row_mask, row_entropy in zip(token_log_probs.float().cpu(), mask.cpu(), entropy.float().cpu()):
                 log_probs.append(row[row_mask].tolist())
                 entropies.append(row_entropy[row_mask].mean().item() if row_mask.any() else 0.0)
@@ -105,10 +174,15 @@ def left_padded(completion_values: list[float], length: int) -> list[float]:
     return [0.0] * (length - len(completion_values)) + completion_values
 
 
+# What the clipped and KL losses read besides the sequences: per token, and one advantage per sequence.
+PER_TOKEN_LOSS_KEYS = ("old_log_probs", "ref_log_probs", "importance_weights")
+POLICY_LOSS_KEYS = (*PER_TOKEN_LOSS_KEYS, "advantages")
+
+
 class PolicyLossCollator:
-    """The SFT collator's batch (`input_ids`, `attention_mask`, `labels`) plus what the clipped and KL losses need:
-    `old_log_probs` / `ref_log_probs` padded like the labels (0 outside completions) and one `advantages` per
-    example, when the examples carry them."""
+    """The SFT collator's batch (`input_ids`, `attention_mask`, `labels`) plus what the clipped and KL losses need
+    (`POLICY_LOSS_KEYS`): the per-token values padded like the labels (0 outside completions) and one `advantages`
+    per example, when the examples carry them."""
 
     def __init__(self, sft_collator):
         self.sft_collator = sft_collator
@@ -116,7 +190,7 @@ class PolicyLossCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.sft_collator(examples)
         length = batch["input_ids"].shape[1]
-        for name in ("old_log_probs", "ref_log_probs"):
+        for name in PER_TOKEN_LOSS_KEYS:
             if name in examples[0]:
                 rows = [torch.tensor(example[name], dtype=torch.float32) for example in examples]
                 batch[name] = torch.stack([F.pad(row, (0, length - len(row))) for row in rows])
@@ -238,15 +312,21 @@ def strip_after_eos(completions: torch.Tensor, eos_token_ids: torch.Tensor) -> l
     return [row[:length].tolist() for row, length in zip(completions, lengths.tolist())]
 
 
-def tokenize_prompts(dataset: Dataset, tokenizer, max_prompt_length: int | None) -> tuple[Dataset, list[list[int]]]:
+def tokenize_prompts(
+    dataset: Dataset, tokenizer, max_prompt_length: int | None, chat_template_kwargs: dict | None = None
+) -> tuple[Dataset, list[list[int]]]:
     """Token ids of every prompt, and the dataset without the prompts longer than `max_prompt_length` tokens.
 
-    Chat prompts are rendered with the tokenizer's chat template (with the generation prompt), whose text already
-    holds the special tokens; plain-text prompts get the tokenizer's usual special tokens.
+    Chat prompts are rendered with the tokenizer's chat template (with the generation prompt and
+    `chat_template_kwargs`), whose text already holds the special tokens; plain-text prompts get the tokenizer's
+    usual special tokens.
     """
     prompts = list(dataset["prompt"])
     if is_conversational({"prompt": prompts[0]}):
-        texts = [maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"] for prompt in prompts]
+        template_kwargs = chat_template_kwargs or {}
+        texts = [
+            maybe_apply_chat_template({"prompt": prompt}, tokenizer, **template_kwargs)["prompt"] for prompt in prompts
+        ]
         prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     else:
         prompt_ids = tokenizer(prompts)["input_ids"]
@@ -285,8 +365,10 @@ def sampling_config(
     top_p: float = 1.0,
     eos_token_id: int | list[int] | None = None,
     bos_token_id: int | None = None,
+    **settings,
 ) -> GenerationConfig:
-    """Sampling up to `max_new_tokens`, ending at `eos_token_id` (default: the tokenizer's eos token)."""
+    """Sampling up to `max_new_tokens`, ending at `eos_token_id` (default: the tokenizer's eos token); `settings`
+    are further `GenerationConfig` fields (`min_p`, `repetition_penalty`, ...)."""
     if eos_token_id is None:
         eos_token_id = tokenizer.eos_token_id
     return GenerationConfig(
@@ -298,6 +380,7 @@ def sampling_config(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
         bos_token_id=tokenizer.bos_token_id if bos_token_id is None else bos_token_id,
+        **settings,
     )
 
 
@@ -307,8 +390,8 @@ def truncated_flags(completion_ids: list[list[int]], eos_token_ids: list[int]) -
 
 
 def candidate_generation_config(model: PreTrainedModel, tokenizer, args) -> GenerationConfig:
-    """How candidates are sampled: the config's sampling settings, and the model's eos token(s) (the tokenizer's if
-    the model names none)."""
+    """How candidates are sampled: the config's sampling settings (`generation_kwargs` among them), and the model's
+    eos token(s) (the tokenizer's if the model names none)."""
     return sampling_config(
         tokenizer,
         args.max_completion_length,
@@ -317,4 +400,8 @@ def candidate_generation_config(model: PreTrainedModel, tokenizer, args) -> Gene
         args.top_p,
         model.generation_config.eos_token_id,
         model.generation_config.bos_token_id,
+        **(args.generation_kwargs or {}),
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        cache_implementation=args.cache_implementation,
     )

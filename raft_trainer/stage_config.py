@@ -61,6 +61,9 @@ class StageConfig(TrainingArguments):
         ranking (`str`, *optional*, defaults to `"local"`):
             `"local"` keeps the best of K candidates for each prompt; `"global"` draws `prompts_per_stage * K`
             prompts with one candidate each and keeps the top `prompts_per_stage` of that pool (paper appendix A.2).
+        shuffle_dataset (`bool`, *optional*, defaults to `True`):
+            Stages draw their prompts from a fresh random order of the dataset on every pass over it (from `seed`);
+            `False` draws them in the dataset's own order (a curriculum the dataset is sorted by, say).
         reward_threshold (`float` or `None`, *optional*, defaults to `None`):
             A candidate is kept only if its reward is at least this (rejection sampling: with a 0/1 reward, 1 keeps
             the correct ones only). With local ranking a prompt whose best candidate falls short keeps nothing that
@@ -104,6 +107,9 @@ class StageConfig(TrainingArguments):
             "help": "'local': keep the best of K per prompt; 'global': keep the top b of a pool of b*K prompts.",
             "choices": ["local", "global"],
         },
+    )
+    shuffle_dataset: bool = field(
+        default=True, metadata={"help": "Draw prompts in a random order on every pass (False: the dataset's order)."}
     )
     reward_threshold: float | None = field(
         default=None, metadata={"help": "Keep a candidate only if its reward is at least this (None: no threshold)."}

@@ -45,11 +45,11 @@ from .reporting.sample_table import report_sample_table
 from .reporting.stage_table import StageTableCallback
 from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
-from .stages import Candidates, Draw, Pool, Selection
+from .stages import Candidates, Draw, Pool, Selection, mean_over_processes
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.prompts import contiguous_share, draw_prompts
-from .stages.scoring import reward_columns, reward_weight_tensor, score_candidates
+from .stages.scoring import RewardLog, reward_columns, reward_weight_tensor, score_candidates
 from .stages.selection import acceptance_metrics
 
 
@@ -84,6 +84,7 @@ class StageTrainer(Trainer):
         self.reward_funcs = reward_funcs
         self.reward_names = [reward_function_name(function) for function in reward_funcs]
         self.sample_filter = sample_filter
+        self.reward_log = RewardLog()  # what reward functions log with TRL's log_extra / log_metric
         self.selection_rule = args.selection_rule()  # what a stage keeps, and what its loss is told of it
         self._stage_metrics: dict[str, float] = {}
         self._stage_samples: dict[str, list] = {}  # the kept rows of the stage file, for `log_completions`
@@ -146,6 +147,7 @@ class StageTrainer(Trainer):
             args.seed,
             accelerator.process_index,
             accelerator.num_processes,
+            args.shuffle_dataset,
         )
 
     def generate_and_score(self, stage: int, draw: Draw, memory: dict) -> dict:
@@ -192,6 +194,7 @@ class StageTrainer(Trainer):
         self._stage_metrics = {
             "stage": stage,
             **self._reward_metrics(candidates, pool.rewards, pool.rewards_per_func, kept),
+            **pool.reward_metrics,
             **acceptance_metrics(chosen.accepted, pool.groups, self.model_samples(candidates)),
             **self.stage_metrics(candidates, kept),
             **memory,
@@ -246,11 +249,14 @@ class StageTrainer(Trainer):
     def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The candidates after the sample filter, their rewards (NaN where filtered out), per-function rewards,
         the filter's mask and the ranking scores."""
+        self.reward_log = RewardLog()  # what the filter and the reward functions log for these candidates
         kept_by_filter = self._apply_sample_filter(candidates, columns)
         rewards, rewards_per_func = self.score(candidates, columns)
+        candidates["logged"], reward_metrics = self.reward_log.take(len(rewards))
         rewards[~kept_by_filter] = torch.nan
         scores = self.ranking_scores(candidates, rewards)
         return dict(
+            reward_metrics=reward_metrics,
             candidates=candidates,
             rewards=rewards,
             rewards_per_func=rewards_per_func,
@@ -360,9 +366,13 @@ class StageTrainer(Trainer):
         prompt_of = candidates.pop("prompt_position")
         candidates["prompt"] = [prompts[i] for i in prompt_of]
         columns = {name: [values[i] for i in prompt_of] for name, values in rows.items()}
+        self.reward_log = RewardLog()
         rewards, rewards_per_func = self.score(candidates, columns)
+        _, reward_metrics = self.reward_log.take(len(rewards))
         rewards, rewards_per_func = (torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func))
         metrics = {f"{metric_key_prefix}_reward": rewards.nanmean().item()}
+        for name, value in mean_over_processes(reward_metrics).items():
+            metrics[f"{metric_key_prefix}_{name}"] = value
         if len(self.reward_funcs) > 1:
             for name, column in zip(self.reward_names, rewards_per_func.T):
                 metrics[f"{metric_key_prefix}_reward/{name}"] = column.nanmean().item()
@@ -416,6 +426,14 @@ class StageTrainer(Trainer):
             **self.stage_file_columns(candidates),
             **reward_columns(rewards, rewards_per_func, self.reward_names),
         }
+        logged = sorted({column for values in candidates["logged"] for column in values})
+        clashes = set(logged) & (set(rows) | {"filtered", "selected"})
+        if clashes:
+            raise ValueError(
+                f"a reward function logged the columns {sorted(clashes)} with log_extra, which the stage file has "
+                "already: log them under other names."
+            )
+        rows.update({column: [values.get(column) for values in candidates["logged"]] for column in logged})
         if self.sample_filter is not None:
             rows["filtered"] = (~kept_by_filter).tolist()
         rows["selected"] = kept.tolist()
@@ -429,6 +447,8 @@ class StageTrainer(Trainer):
             **self.reward_inputs(candidates),
             **columns,
             "trainer_state": self.state,
+            "log_extra": self.reward_log.log_extra,
+            "log_metric": self.reward_log.log_metric,
         }
 
     def _apply_sample_filter(self, candidates: Candidates, columns: dict[str, list]) -> torch.Tensor:

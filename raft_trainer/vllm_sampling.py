@@ -40,18 +40,34 @@ def vllm_generation(model: PreTrainedModel, accelerator: Accelerator, tokenizer,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        min_p=args.min_p or 0.0,
+        repetition_penalty=args.repetition_penalty,
         max_completion_length=args.max_completion_length,
+        generation_kwargs=args.generation_kwargs,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
 def sample_with_vllm(
-    generation: VLLMGeneration, prompt_ids: list[list[int]], per_prompt: int, sync_weights: bool = True
-) -> list[list[int]]:
+    generation: VLLMGeneration,
+    prompt_ids: list[list[int]],
+    per_prompt: int,
+    sync_weights: bool = True,
+    with_log_probs: bool = False,
+):
     """`per_prompt` completions of each prompt, prompt-major, from vLLM; with `sync_weights` it first takes the
-    model's current weights (which the last stage's fine-tuning changed)."""
+    model's current weights (which the last stage's fine-tuning changed). With `with_log_probs`, also vLLM's log-prob
+    of each sampled token (None per completion where vLLM returned none), for the importance-sampling correction."""
     if sync_weights:
         generation.sync_weights()
-    _, completion_ids, _, _ = generation.generate(
+    _, completion_ids, log_probs, _ = generation.generate(
         prompts=[ids for ids in prompt_ids for _ in range(per_prompt)], images=None, num_generations=per_prompt
     )
-    return [list(ids) for ids in completion_ids]
+    completion_ids = [list(ids) for ids in completion_ids]
+    if not with_log_probs:
+        return completion_ids
+    # Each token's entry lists log-probs best first with the sampled token's first (logprobs=0 returns only it).
+    sampled = [
+        None if rows is None else [row[0] for row in rows] for rows in (log_probs or [None] * len(completion_ids))
+    ]
+    return completion_ids, sampled

@@ -87,8 +87,10 @@ def test_a_grpo_config_carries_over(tmp_path, caplog):
     assert args.generation_batch_size == RAFTConfig.__dataclass_fields__["generation_batch_size"].default
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1  # one warning names every GRPO-only setting that was changed, and only those
-    assert "repetition_penalty=1.1" in warnings[0] and "entropy_coef=0.01" in warnings[0]
+    assert args.repetition_penalty == 1.1 and args.entropy_coef == 0.0  # entropy_coef shapes the clipped losses only
+    assert "0.01 for entropy_coef" in warnings[0] and "repetition_penalty" not in warnings[0]
     assert "loss_type='grpo'" in warnings[0] and "temperature" not in warnings[0]
+    assert RAFTConfig.from_grpo_config(grpo, loss_type="raft++").entropy_coef == 0.01
 
 
 def test_a_grpo_config_at_its_defaults_carries_over_without_a_warning(tmp_path, caplog):
@@ -117,3 +119,25 @@ def test_raft_trainer_takes_a_grpo_config_and_refuses_other_args(tmp_path, make_
             train_dataset=prompts,
             processing_class=tokenizer,
         )
+
+
+def test_raft_trainer_takes_grpo_trainers_parameters_in_its_order(make_model, tokenizer, prompts, make_args):
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from raft_trainer import RAFTTrainer
+
+    from .helpers import share_of_apple
+
+    held_out = prompts.select(range(2))
+    trainer = RAFTTrainer(make_model(), share_of_apple, make_args(), prompts, held_out, tokenizer)  # as GRPOTrainer
+    assert trainer.eval_dataset is held_out and trainer.processing_class is tokenizer
+
+    def positional(cls):
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+    ours = positional(RAFTTrainer)
+    assert ours == positional(GRPOTrainer)[: len(ours)]
+    assert ours[:6] == ["model", "reward_funcs", "args", "train_dataset", "eval_dataset", "processing_class"]

@@ -65,6 +65,9 @@ def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_mo
         temperature=0.7,
         top_k=5,
         top_p=0.9,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        generation_kwargs={"presence_penalty": 0.5},
     )
     trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
 
@@ -82,7 +85,11 @@ def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_mo
         "temperature": 0.7,
         "top_p": 0.9,
         "top_k": 5,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
         "max_completion_length": 8,
+        "generation_kwargs": {"presence_penalty": 0.5},
+        "trust_remote_code": False,
     }
     trainer.train()
 

@@ -18,14 +18,18 @@ RewardFunction = Callable[..., list]
 
 
 def as_reward_functions(
-    reward_fn, processing_classes=None, show_progress: bool = True, batch_size: int = 64
+    reward_fn,
+    processing_classes=None,
+    show_progress: bool = True,
+    batch_size: int = 64,
+    trust_remote_code: bool = False,
 ) -> list[RewardFunction]:
     """Turn what the user gave as `reward_fn` into a list of reward functions.
 
     Each item may be a callable, a reward-model id or path (loaded as a sequence-classification model with its own
     tokenizer) or a `PreTrainedModel` (its tokenizer from the matching entry of `processing_classes`, or loaded from
-    its `name_or_path`). Reward models score `batch_size` sequences per forward call and show a progress bar while
-    scoring unless `show_progress` is False.
+    its `name_or_path`); `trust_remote_code` lets a model given by id run the code it ships. Reward models score
+    `batch_size` sequences per forward call and show a progress bar while scoring unless `show_progress` is False.
     """
     items = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]
     if not items:
@@ -43,7 +47,11 @@ def as_reward_functions(
             looks_like_a_path = os.path.isabs(item) or item.startswith((".", "~")) or item.count("/") > 1
             if looks_like_a_path and not os.path.exists(os.path.expanduser(item)):
                 raise ValueError(f"reward model {item!r} does not exist: give an existing folder or a Hub id.")
-            functions.append(RewardModel.from_pretrained(item, batch_size=batch_size, show_progress=show_progress))
+            functions.append(
+                RewardModel.from_pretrained(
+                    item, batch_size=batch_size, show_progress=show_progress, trust_remote_code=trust_remote_code
+                )
+            )
         elif isinstance(item, PreTrainedModel):
             functions.append(RewardModel(item, tokenizer, batch_size=batch_size, show_progress=show_progress))
         elif callable(item):

@@ -41,7 +41,9 @@ class RewardModel:
         cls, name_or_path: str, batch_size: int = 64, show_progress: bool = True, **model_init_kwargs
     ) -> "RewardModel":
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_init_kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(name_or_path), batch_size, show_progress)
+        trust_remote_code = model_init_kwargs.get("trust_remote_code", False)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, batch_size, show_progress)
 
     def to(self, device) -> "RewardModel":
         self.model.to(device)

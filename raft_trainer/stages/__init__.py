@@ -7,7 +7,7 @@
 Nothing here holds a model or knows a modality; the trainers supply generation and the loss.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 import torch
@@ -25,6 +25,7 @@ class Candidates(TypedDict, total=False):
     prompt_index: list[int]  # `Draw.label`: the training dataset's row of the prompt
     prompt: list  # `Draw.label`: the prompt, as text or chat messages
     reward: list[float]  # `run_stage`, once the pool is scored: the (weighted) reward, NaN where there is none
+    logged: list[dict]  # `scored_candidates`: what reward functions logged for it with `log_extra`, by column
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Pool:
     rewards_per_func: torch.Tensor  # [N, reward functions]
     kept_by_filter: torch.Tensor  # [N] bool
     scores: torch.Tensor  # [N] what candidates are ranked by: the reward, or a trainer's penalised score
+    reward_metrics: dict[str, float] = field(default_factory=dict)  # the reward functions' `log_metric`s, averaged
 
     TENSORS = ("rewards", "rewards_per_func", "kept_by_filter", "scores")
 
@@ -64,12 +66,22 @@ class Pool:
         """Every process's scored candidates (a dict of `candidates` and the `TENSORS`), in process order, which is
         the order of the stage's draw: the pool every process then selects from alike."""
         tensors = (torch.cat(gather_object([scored[name]])) for name in cls.TENSORS)
-        return cls({name: gather_object(values) for name, values in scored["candidates"].items()}, *tensors)
+        candidates = {name: gather_object(values) for name, values in scored["candidates"].items()}
+        return cls(candidates, *tensors, mean_over_processes(scored.get("reward_metrics", {})))
 
     @property
     def groups(self) -> torch.Tensor:
         """[N] each candidate's draw of a prompt; candidates ranked together share it."""
         return torch.tensor(self.candidates["group"])
+
+
+def mean_over_processes(metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric's mean over the processes that have it."""
+    gathered: dict[str, list[float]] = {}
+    for process_metrics in gather_object([metrics]):
+        for name, value in process_metrics.items():
+            gathered.setdefault(name, []).append(value)
+    return {name: sum(values) / len(values) for name, values in gathered.items()}
 
 
 @dataclass

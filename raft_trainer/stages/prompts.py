@@ -6,24 +6,36 @@ from datasets import Dataset
 from . import Draw
 
 
-def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int) -> list[int]:
+def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int, shuffle: bool = True) -> list[int]:
     """The dataset rows stage `stage` draws: positions [stage * count, (stage + 1) * count) of an endless stream that
-    walks the dataset in a fresh random order on every pass. A pure function of the stage, so a resumed run draws
-    exactly the prompts the interrupted one would have."""
+    walks the dataset in a fresh random order on every pass (in the dataset's own order without `shuffle`). A pure
+    function of the stage, so a resumed run draws exactly the prompts the interrupted one would have."""
     orders = {}  # one shuffled order per pass over the dataset that the stage touches
     indices = []
     for position in range(stage * count, (stage + 1) * count):
         dataset_pass, offset = divmod(position, dataset_size)
         if dataset_pass not in orders:
-            orders[dataset_pass] = np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
+            orders[dataset_pass] = (
+                np.random.default_rng([seed, dataset_pass]).permutation(dataset_size)
+                if shuffle
+                else np.arange(dataset_size)
+            )
         indices.append(int(orders[dataset_pass][offset]))
     return indices
 
 
-def draw_prompts(stage: int, dataset: Dataset, count: int, seed: int, process_index: int, num_processes: int) -> Draw:
+def draw_prompts(
+    stage: int,
+    dataset: Dataset,
+    count: int,
+    seed: int,
+    process_index: int,
+    num_processes: int,
+    shuffle: bool = True,
+) -> Draw:
     """Process `process_index`'s contiguous share of stage `stage`'s draw of `count` prompts from `dataset`, with
     their dataset rows (read once: the prompts and the other columns). The same for a trainer and for the phases."""
-    stage_indices = stage_prompt_indices(stage, count, len(dataset), seed)
+    stage_indices = stage_prompt_indices(stage, count, len(dataset), seed, shuffle)
     positions = contiguous_share(range(len(stage_indices)), process_index, num_processes)
     prompt_indices = [stage_indices[position] for position in positions]
     rows = dataset.select(prompt_indices).to_dict()

@@ -1,6 +1,10 @@
 """Scoring candidates with reward functions (TRL's convention) and the stage file's reward columns."""
 
+import asyncio
+import inspect
 import math
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,13 +30,20 @@ def score_candidates(
     every function is called with `kwargs` (TRL's keywords, one list entry per candidate).
 
     As in TRL, a function returning None/NaN for a candidate leaves it out of that candidate's sum; a candidate no
-    function rewards gets NaN (no reward). With `offload`, a reward model visits `device` only while it scores.
+    function rewards gets NaN (no reward); async functions (coroutine functions, a remote judge say) run
+    concurrently. With `offload`, a reward model visits `device` only while it scores.
     """
     num_candidates = len(kwargs["prompts"])
     rewards_per_func = torch.full((num_candidates, len(reward_funcs)), torch.nan, dtype=torch.float64)
-    for column, function in enumerate(reward_funcs):
+    results = []
+    for function in reward_funcs:
         with visiting(function, device, offload):
-            values = list(function(**kwargs))
+            results.append(function(**kwargs))
+    waiting = [index for index, result in enumerate(results) if inspect.isawaitable(result)]
+    for index, values in zip(waiting, run_concurrently([results[index] for index in waiting])):
+        results[index] = values
+    for column, (function, values) in enumerate(zip(reward_funcs, results)):
+        values = list(values)
         if len(values) != num_candidates or not all(_is_number_or_none(v) for v in values):
             raise ValueError(
                 f"reward function {reward_function_name(function)!r} returned {_describe(values)}; expected a list "
@@ -44,6 +55,52 @@ def score_candidates(
     rewards = (rewards_per_func * weights).nansum(dim=1)
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     return rewards, rewards_per_func
+
+
+def run_concurrently(awaitables: list) -> list:
+    """The results of `awaitables`, run together on an event loop of their own (in a thread when the caller already
+    runs one, as a notebook does)."""
+    if not awaitables:
+        return []
+
+    async def gather():
+        return await asyncio.gather(*awaitables)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather())
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, gather()).result()
+
+
+class RewardLog:
+    """What reward functions log through TRL's `log_extra` and `log_metric` keywords: extra per-candidate columns
+    (for the stage file) and scalar metrics (averaged into the stage's log record)."""
+
+    def __init__(self):
+        self.columns: dict[str, list] = {}
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+
+    def log_extra(self, column: str, values: list) -> None:
+        self.columns.setdefault(column, []).extend(values)
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics[name].append(float(value))
+
+    def take(self, num_candidates: int) -> tuple[list[dict], dict[str, float]]:
+        """Each candidate's logged values (one dict per candidate) and each metric's mean since the last take; the
+        log is then empty."""
+        for column, values in self.columns.items():
+            if len(values) != num_candidates:
+                raise ValueError(
+                    f"log_extra({column!r}, ...) was given {len(values)} values for {num_candidates} candidates: log "
+                    "one value per candidate of the call."
+                )
+        per_candidate = [{column: values[i] for column, values in self.columns.items()} for i in range(num_candidates)]
+        metrics = {name: sum(values) / len(values) for name, values in self.metrics.items()}
+        self.columns, self.metrics = {}, defaultdict(list)
+        return per_candidate, metrics
 
 
 def reward_columns(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> dict[str, list]:
