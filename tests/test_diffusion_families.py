@@ -16,7 +16,7 @@ from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.rewards import JPEGCompressibility
 from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
-from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
+from .helpers import check_two_stage_resume, config_maker, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest"]
 SEQUENCE = 8  # T5 tokens of the SD3 / FLUX prompts: short, for speed
@@ -220,25 +220,15 @@ def test_loss_follows_its_definition_on_a_hand_built_batch(prompts, make_args, f
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_resumed_sd3_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
-    crashing_brightness = crashing_at_second_call(brightness)
-    run = dict(num_stages=2, save_strategy="epoch", prompts_per_stage=2, max_sequence_length=SEQUENCE)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_resumed_run_ends_with_the_same_lora(family, prompts, make_args, tmp_path):
+    tiny_pipeline, settings, _, _ = FAMILIES[family]
 
-    def trainer(reward, name):
-        args = make_args(output_dir=str(tmp_path / name), **run)
-        return DiffusionRAFTTrainer(tiny_sd3_pipeline(), reward, args=args, train_dataset=prompts)
+    def make_trainer(reward, output_dir):
+        args = make_args(output_dir=output_dir, num_stages=2, save_strategy="epoch", prompts_per_stage=2, **settings)
+        return DiffusionRAFTTrainer(tiny_pipeline(), reward, args=args, train_dataset=prompts)
 
-    reference = trainer(brightness, "reference")
-    reference.train()
-    with pytest.raises(PlantedCrash):
-        trainer(crashing_brightness, "crashed").train()
-    resumed = trainer(brightness, "crashed")
-    resumed.train(resume_from_checkpoint=True)
-
-    for stage in range(2):
-        assert stage_rows(resumed.args.output_dir, stage) == stage_rows(reference.args.output_dir, stage)
-    for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(actual, expected, msg=name)
+    check_two_stage_resume(make_trainer, brightness, tmp_path)
 
 
 def test_settings_a_family_cannot_use_are_rejected(prompts, make_args):
