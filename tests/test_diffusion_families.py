@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.rewards import JPEGCompressibility
-from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 from .helpers import check_two_stage_resume, config_maker, stage_rows
 
@@ -229,6 +229,53 @@ def test_resumed_run_ends_with_the_same_lora(family, prompts, make_args, tmp_pat
         return DiffusionRAFTTrainer(tiny_pipeline(), reward, args=args, train_dataset=prompts)
 
     check_two_stage_resume(make_trainer, brightness, tmp_path)
+
+
+# What each family samples with by default on its real models: the defaults of diffusers' pipeline `__call__` and
+# the real denoiser's sample size in latents (64 for SD 1.5, 128 for SDXL, SD3 and FLUX.1) times the VAE factor 8.
+REAL_SAMPLING_DEFAULTS = {
+    "sd": (tiny_sd_pipeline, 64, dict(height=512, width=512, num_inference_steps=50, guidance_scale=7.5)),
+    "sdxl": (tiny_sdxl_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=5.0)),
+    "sd3": (tiny_sd3_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=7.0)),
+    "flux": (tiny_flux_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
+}
+UNSET_SAMPLING = dict(height=None, width=None, num_inference_steps=None, guidance_scale=None)
+
+
+@pytest.mark.parametrize("family", list(REAL_SAMPLING_DEFAULTS))
+def test_unset_sampling_fields_take_the_family_defaults_and_set_ones_win(family, prompts, make_args):
+    tiny_pipeline, sample_size, expected = REAL_SAMPLING_DEFAULTS[family]
+    pipeline = tiny_pipeline()
+    pipeline.vae_scale_factor = 8  # sized as the real models (nothing is generated here)
+    if family == "sd":
+        pipeline.unet.register_to_config(sample_size=sample_size)  # SD's pipeline reads the UNet config
+    else:
+        pipeline.default_sample_size = sample_size
+    args = make_args(**UNSET_SAMPLING)
+    trainer = DiffusionRAFTTrainer(pipeline, brightness, args=args, train_dataset=prompts)
+    assert {name: getattr(trainer.args, name) for name in expected} == expected
+    assert {name: trainer.family.generation_kwargs(1)[name] for name in expected} == expected
+    assert all(getattr(args, name) is None for name in UNSET_SAMPLING)  # the caller's config stays as given
+
+    chosen = dict(height=None, width=48, num_inference_steps=3, guidance_scale=None)
+    trainer = DiffusionRAFTTrainer(tiny_pipeline(), brightness, args=make_args(**chosen), train_dataset=prompts)
+    sampled = {name: getattr(trainer.args, name) for name in expected}
+    assert sampled == {**expected, "height": 32, "width": 48, "num_inference_steps": 3}  # 32: the tiny model's
+
+
+@pytest.mark.parametrize("family", list(REAL_SAMPLING_DEFAULTS))
+def test_a_run_samples_at_the_pipelines_own_size_and_guidance_where_unset(family, prompts, make_args):
+    tiny_pipeline, _, expected = REAL_SAMPLING_DEFAULTS[family]
+    settings = FAMILIES[family][1] if family in FAMILIES else {}
+    args = make_args(**{**settings, **UNSET_SAMPLING, "num_inference_steps": 2})
+    trainer = DiffusionRAFTTrainer(tiny_pipeline(), brightness, args=args, train_dataset=prompts)
+    trainer.train()
+
+    # The pipeline records what it was last called with: the family's guidance and the steps given.
+    assert (trainer.pipeline.guidance_scale, trainer.pipeline.num_timesteps) == (expected["guidance_scale"], 2)
+    kept = [row["image"] for row in stage_rows(args.output_dir) if row["selected"]]
+    stages = os.path.join(args.output_dir, "stages")
+    assert kept and {Image.open(os.path.join(stages, path)).size for path in kept} == {(32, 32)}  # the tiny models'
 
 
 def test_settings_a_family_cannot_use_are_rejected(prompts, make_args):

@@ -77,6 +77,7 @@ class DiffusionRAFTTrainer(StageTrainer):
             kwargs = with_torch_dtypes(args.pipeline_init_kwargs or {})
             pipeline = DiffusionPipeline.from_pretrained(pipeline, **kwargs)  # model_index.json names the class
         self.family = pipeline_family(pipeline, args)  # SD 1.x / 2.x, SDXL, SD3 or FLUX.1: what differs between them
+        args = self.family.args  # with the family's own size, steps and guidance where the configuration left None
         self.pipeline = pipeline
         # The denoiser alone does not say which pipeline it is from.
         self.base_model_name = pipeline.name_or_path or None

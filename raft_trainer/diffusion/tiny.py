@@ -239,7 +239,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
         guidance_embeds=guidance_embeds,
         axes_dims_rope=[2, 2, 4],
     )
-    return FluxPipeline(
+    pipeline = FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_flow_vae(),
@@ -250,6 +250,9 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
         image_encoder=None,
         feature_extractor=None,
     )
+    # FluxPipeline's default size is a fixed 128 latents (x the VAE factor): make it this tiny model's 32x32 images.
+    pipeline.default_sample_size = 16
+    return pipeline
 
 
 def tiny_open_clip(embed_dim: int = 32, seed: int = 0) -> tuple[torch.nn.Module, Callable, Callable]:
