@@ -45,7 +45,7 @@ class DiffusionRAFTTrainer(StageTrainer):
             denoiser (the UNet of SD 1.x / 2.x / XL, the transformer of SD3 / FLUX.1) gets a LoRA adapter, the only
             trained weights; the VAE and the text encoders stay frozen.
         reward_funcs: a reward function called with `images=` (PIL images), `prompts=` and the other dataset columns,
-            returning one float per image (`raft_trainer.rewards.AestheticScorer`, `CLIPScore`,
+            returning one float per image (`raft_trainer.rewards.AestheticScorer`, `CLIPScore`, `PickScore`, `HPSv2`,
             `JPEGCompressibility`, or your own), or a list of these weighted by `args.reward_weights`.
         args (`DiffusionRAFTConfig`): the configuration.
         train_dataset (`datasets.Dataset`): text prompts in a `prompt` column; the other columns go to the rewards.
