@@ -13,8 +13,10 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -150,3 +152,20 @@ def _remove_stale_scratch(cache_dir: str) -> None:
     for path in glob.glob(os.path.join(cache_dir, f".{SMOLLM2}-*.partial")):
         if time.time() - os.path.getmtime(path) > STALE_SCRATCH_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def weights_file(weights: str | os.PathLike, filename: str) -> Path:
+    """Reward-model weights named by a local file, a local folder, or a Hub repo: `weights` if it is a file,
+    `weights/filename` if it is a folder, else `filename` of the Hub repo `weights`, fetched at run time on the
+    user's machine into the Hugging Face cache (nothing is bundled)."""
+    path = Path(weights)
+    if path.is_dir():
+        return path / filename
+    if path.is_file():
+        return path
+    return Path(hf_hub_download(repo_id=str(weights), filename=filename))
+
+
+def load_tensors(path: str | os.PathLike):
+    """A pickled checkpoint read with `weights_only=True` (tensors and plain containers, no code) onto the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from datasets import Dataset, load_dataset
 from transformers import TrainerCallback
@@ -151,3 +152,30 @@ def stage_rows(output_dir: str, stage: int = 0) -> list[dict]:
     """The rows of stage `stage`'s file in `output_dir`, as dicts."""
     with open(stage_file_path(output_dir, stage)) as file:
         return [json.loads(line) for line in file]
+
+
+def check_two_stage_resume(make_trainer, reward, tmp_path) -> None:
+    """The resume check of a two-stage run with a checkpoint each stage: `make_trainer(reward, output_dir)` trained
+    to the end is the reference; a run whose reward crashes while scoring stage 1, resumed, must not generate stage 1
+    again (its candidates come back from the in-flight file), must leave stage 0's file as it was, and must end with
+    the reference's stage files and trained weights."""
+    reference = make_trainer(reward, str(tmp_path / "reference"))
+    reference.train()
+    output_dir = str(tmp_path / "crashed")
+    with pytest.raises(PlantedCrash):
+        make_trainer(crashing_at_second_call(reward), output_dir).train()
+    with open(stage_file_path(output_dir, 0), "rb") as file:
+        stage_0 = file.read()
+    resumed = make_trainer(reward, output_dir)
+    generated = []
+    generate = resumed.generate
+    resumed.generate = lambda *args: generated.append(args) or generate(*args)
+    resumed.train(resume_from_checkpoint=True)
+
+    assert generated == []
+    with open(stage_file_path(output_dir, 0), "rb") as file:
+        assert file.read() == stage_0
+    for stage in range(2):
+        assert stage_rows(output_dir, stage) == stage_rows(reference.args.output_dir, stage)
+    for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected, msg=name)

@@ -14,9 +14,8 @@ from PIL import Image
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
-from raft_trainer.files import stage_file_path
 
-from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
+from .helpers import check_two_stage_resume, config_maker, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest", "low wider"]
 
@@ -171,39 +170,12 @@ def test_denoising_loss_follows_the_definition(prompts, make_args, prediction_ty
 
 
 def test_resumed_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
-    crashing_brightness = crashing_at_second_call(brightness)
-    run = dict(num_stages=2, save_strategy="epoch")
-    reference = DiffusionRAFTTrainer(
-        tiny_sd_pipeline(),
-        brightness,
-        args=make_args(output_dir=str(tmp_path / "reference"), **run),
-        train_dataset=prompts,
-    )
-    reference.train()
-    output_dir = str(tmp_path / "crashed")
-    with pytest.raises(PlantedCrash):
-        DiffusionRAFTTrainer(
-            tiny_sd_pipeline(),
-            crashing_brightness,
-            args=make_args(output_dir=output_dir, **run),
-            train_dataset=prompts,
-        ).train()
-    stage_0 = open(stage_file_path(output_dir, 0), "rb").read()
-    resumed = DiffusionRAFTTrainer(
-        tiny_sd_pipeline(), brightness, args=make_args(output_dir=output_dir, **run), train_dataset=prompts
-    )
-    generated = []
-    generate = resumed.generate
-    resumed.generate = lambda *args: generated.append(args) or generate(*args)
-    resumed.train(resume_from_checkpoint=True)
+    # Stage 1 crashes while scoring: its images come back from the in-flight file (PNG, lossless), not generated.
+    def make_trainer(reward, output_dir):
+        args = make_args(output_dir=output_dir, num_stages=2, save_strategy="epoch")
+        return DiffusionRAFTTrainer(tiny_sd_pipeline(), reward, args=args, train_dataset=prompts)
 
-    # Stage 1 crashed while scoring: its images come back from the in-flight file (PNG, lossless), not generated.
-    assert generated == []
-    assert open(stage_file_path(output_dir, 0), "rb").read() == stage_0
-    for stage in range(2):
-        assert stage_rows(output_dir, stage) == stage_rows(reference.args.output_dir, stage)
-    for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(actual, expected, msg=name)
+    check_two_stage_resume(make_trainer, brightness, tmp_path)
 
 
 @pytest.mark.parametrize(

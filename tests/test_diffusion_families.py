@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from raft_trainer import DiffusionRAFTConfig, DiffusionRAFTTrainer
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.rewards import JPEGCompressibility
-from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
-from .helpers import PlantedCrash, config_maker, crashing_at_second_call, stage_rows
+from .helpers import check_two_stage_resume, config_maker, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest"]
 SEQUENCE = 8  # T5 tokens of the SD3 / FLUX prompts: short, for speed
@@ -220,25 +220,62 @@ def test_loss_follows_its_definition_on_a_hand_built_batch(prompts, make_args, f
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_resumed_sd3_run_ends_with_the_same_lora(prompts, make_args, tmp_path):
-    crashing_brightness = crashing_at_second_call(brightness)
-    run = dict(num_stages=2, save_strategy="epoch", prompts_per_stage=2, max_sequence_length=SEQUENCE)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_resumed_run_ends_with_the_same_lora(family, prompts, make_args, tmp_path):
+    tiny_pipeline, settings, _, _ = FAMILIES[family]
 
-    def trainer(reward, name):
-        args = make_args(output_dir=str(tmp_path / name), **run)
-        return DiffusionRAFTTrainer(tiny_sd3_pipeline(), reward, args=args, train_dataset=prompts)
+    def make_trainer(reward, output_dir):
+        args = make_args(output_dir=output_dir, num_stages=2, save_strategy="epoch", prompts_per_stage=2, **settings)
+        return DiffusionRAFTTrainer(tiny_pipeline(), reward, args=args, train_dataset=prompts)
 
-    reference = trainer(brightness, "reference")
-    reference.train()
-    with pytest.raises(PlantedCrash):
-        trainer(crashing_brightness, "crashed").train()
-    resumed = trainer(brightness, "crashed")
-    resumed.train(resume_from_checkpoint=True)
+    check_two_stage_resume(make_trainer, brightness, tmp_path)
 
-    for stage in range(2):
-        assert stage_rows(resumed.args.output_dir, stage) == stage_rows(reference.args.output_dir, stage)
-    for (name, expected), actual in zip(reference.model.named_parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(actual, expected, msg=name)
+
+# What each family samples with by default on its real models: the defaults of diffusers' pipeline `__call__` and
+# the real denoiser's sample size in latents (64 for SD 1.5, 128 for SDXL, SD3 and FLUX.1) times the VAE factor 8.
+REAL_SAMPLING_DEFAULTS = {
+    "sd": (tiny_sd_pipeline, 64, dict(height=512, width=512, num_inference_steps=50, guidance_scale=7.5)),
+    "sdxl": (tiny_sdxl_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=5.0)),
+    "sd3": (tiny_sd3_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=7.0)),
+    "flux": (tiny_flux_pipeline, 128, dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
+}
+UNSET_SAMPLING = dict(height=None, width=None, num_inference_steps=None, guidance_scale=None)
+
+
+@pytest.mark.parametrize("family", list(REAL_SAMPLING_DEFAULTS))
+def test_unset_sampling_fields_take_the_family_defaults_and_set_ones_win(family, prompts, make_args):
+    tiny_pipeline, sample_size, expected = REAL_SAMPLING_DEFAULTS[family]
+    pipeline = tiny_pipeline()
+    pipeline.vae_scale_factor = 8  # sized as the real models (nothing is generated here)
+    if family == "sd":
+        pipeline.unet.register_to_config(sample_size=sample_size)  # SD's pipeline reads the UNet config
+    else:
+        pipeline.default_sample_size = sample_size
+    args = make_args(**UNSET_SAMPLING)
+    trainer = DiffusionRAFTTrainer(pipeline, brightness, args=args, train_dataset=prompts)
+    assert {name: getattr(trainer.args, name) for name in expected} == expected
+    assert {name: trainer.family.generation_kwargs(1)[name] for name in expected} == expected
+    assert all(getattr(args, name) is None for name in UNSET_SAMPLING)  # the caller's config stays as given
+
+    chosen = dict(height=None, width=48, num_inference_steps=3, guidance_scale=None)
+    trainer = DiffusionRAFTTrainer(tiny_pipeline(), brightness, args=make_args(**chosen), train_dataset=prompts)
+    sampled = {name: getattr(trainer.args, name) for name in expected}
+    assert sampled == {**expected, "height": 32, "width": 48, "num_inference_steps": 3}  # 32: the tiny model's
+
+
+@pytest.mark.parametrize("family", list(REAL_SAMPLING_DEFAULTS))
+def test_a_run_samples_at_the_pipelines_own_size_and_guidance_where_unset(family, prompts, make_args):
+    tiny_pipeline, _, expected = REAL_SAMPLING_DEFAULTS[family]
+    settings = FAMILIES[family][1] if family in FAMILIES else {}
+    args = make_args(**{**settings, **UNSET_SAMPLING, "num_inference_steps": 2})
+    trainer = DiffusionRAFTTrainer(tiny_pipeline(), brightness, args=args, train_dataset=prompts)
+    trainer.train()
+
+    # The pipeline records what it was last called with: the family's guidance and the steps given.
+    assert (trainer.pipeline.guidance_scale, trainer.pipeline.num_timesteps) == (expected["guidance_scale"], 2)
+    kept = [row["image"] for row in stage_rows(args.output_dir) if row["selected"]]
+    stages = os.path.join(args.output_dir, "stages")
+    assert kept and {Image.open(os.path.join(stages, path)).size for path in kept} == {(32, 32)}  # the tiny models'
 
 
 def test_settings_a_family_cannot_use_are_rejected(prompts, make_args):

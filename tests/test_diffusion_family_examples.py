@@ -10,7 +10,7 @@ from raft_trainer.diffusion.image_evaluation import evaluate_images
 from raft_trainer.diffusion.rewards import JPEGCompressibility
 from raft_trainer.diffusion.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
-from .helpers import load_example
+from .helpers import load_example, stage_rows
 
 PROMPTS = ["lower newer", "wider", "lowest"]
 # One short stage of 16x16 images, scored by the JPEG reward (no model to build).
@@ -49,6 +49,30 @@ def test_family_example_trains_saves_a_loadable_lora_and_evaluates_it(script, tm
     assert after["jpeg_compressibility"] == pytest.approx(evaluation["after"]["prompts"]["jpeg_compressibility"])
 
 
-def test_family_example_rejects_an_unknown_reward_before_loading_anything(tmp_path):
-    with pytest.raises(ValueError, match="--reward must be one of aesthetic, clip_score, jpeg_compressibility"):
-        load_example("diffusion/raft_sd3.py").main(["--tiny", "--reward", "pickscore", "--output_dir", str(tmp_path)])
+@pytest.mark.parametrize(("first", "second"), [("pickscore", "aesthetic"), ("hpsv2", "clip_score")])
+def test_family_example_ranks_by_two_weighted_rewards_and_evaluates_both(tmp_path, first, second):
+    out = tmp_path / "run"
+    run = [arg for arg in SMALL_RUN if arg not in ("--reward", "jpeg_compressibility")]
+    summary = load_example("diffusion/raft_sdxl.py").main(
+        [*run, "--reward", f"{first},{second}", "--reward_weights", "1.0", "0.5", "--output_dir", str(out)]
+    )
+
+    rows = stage_rows(str(out))
+    assert rows and all(
+        row["reward"] == pytest.approx(row[f"reward_{first}"] + 0.5 * row[f"reward_{second}"], abs=1e-5)
+        for row in rows
+    )
+    # Ranked by the weighted sum: each prompt's kept image is its best by it.
+    for prompt_index in {row["prompt_index"] for row in rows}:
+        candidates = [row for row in rows if row["prompt_index"] == prompt_index]
+        assert max(candidates, key=lambda row: row["reward"])["selected"]
+    assert set(summary["evaluation"]["after"]["prompts"]) == {first, second}
+    assert (out / LORA_WEIGHT_NAME).is_file()
+
+
+@pytest.mark.parametrize("reward", ["imagereward", "pickscore,imagereward", "aesthetic,aesthetic", ","])
+def test_family_example_rejects_an_unknown_reward_before_loading_anything(tmp_path, reward):
+    with pytest.raises(
+        ValueError, match="--reward must be one of aesthetic, clip_score, pickscore, hpsv2, jpeg_compr"
+    ):
+        load_example("diffusion/raft_sd3.py").main(["--tiny", "--reward", reward, "--output_dir", str(tmp_path)])

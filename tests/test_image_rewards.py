@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from raft_trainer import models as weights_module
 from raft_trainer.diffusion.rewards import JPEGCompressibility, JPEGIncompressibility
-from raft_trainer.diffusion.rewards import aesthetic as aesthetic_module
 from raft_trainer.diffusion.tiny import tiny_open_clip
 from raft_trainer.rewards import AestheticHead, AestheticScorer, CLIPScore, as_reward_functions, reward_function_name
 
@@ -110,7 +110,7 @@ def test_aesthetic_head_loads_from_a_file_a_folder_or_the_hub(state_dict, head_f
         downloads.append((repo_id, filename))
         return str(head_file)
 
-    monkeypatch.setattr(aesthetic_module, "hf_hub_download", fake_download)
+    monkeypatch.setattr(weights_module, "hf_hub_download", fake_download)
     heads = [
         AestheticHead.from_pretrained(head_file),
         AestheticHead.from_pretrained(head_file.parent, filename=head_file.name),

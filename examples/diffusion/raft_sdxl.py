@@ -4,11 +4,13 @@ image's size and crop ids).
 
     python examples/diffusion/raft_sdxl.py --prompts my_prompts.txt --output_dir runs/sdxl-aesthetic
     python examples/diffusion/raft_sdxl.py --reward jpeg_compressibility   # DDPO's reward: nothing to download
+    python examples/diffusion/raft_sdxl.py --reward pickscore,aesthetic --reward_weights 1.0 0.5   # preferences
     python examples/diffusion/raft_sdxl.py --tiny   # tiny random models, offline, seconds on a CPU
 
-Every DiffusionRAFTConfig field is a flag; `--reward` (aesthetic, clip_score, jpeg_compressibility,
-jpeg_incompressibility), `--prompts` and the model flags are those of `raft_trainer.diffusion.scripts`. Load the
-result with `StableDiffusionXLPipeline.from_pretrained(base).load_lora_weights(output_dir)`.
+Every DiffusionRAFTConfig field is a flag; `--reward` (aesthetic, clip_score, pickscore, hpsv2, jpeg_compressibility,
+jpeg_incompressibility, or several comma-separated, summed with `--reward_weights`), `--prompts` and the model flags
+are those of `raft_trainer.diffusion.scripts`. Load the result with
+`StableDiffusionXLPipeline.from_pretrained(base).load_lora_weights(output_dir)`.
 """
 
 from raft_trainer.diffusion.scripts import run_pipeline_lora_example

@@ -15,16 +15,19 @@ class DiffusionRAFTConfig(StageConfig):
     set to `num_stages`), and `per_device_train_batch_size` is the number of images per training step.
 
     Parameters:
-        height (`int`, *optional*, defaults to `512`):
-            Height of the generated images, a multiple of 8.
-        width (`int`, *optional*, defaults to `512`):
-            Width of the generated images, a multiple of 8.
-        num_inference_steps (`int`, *optional*, defaults to `50`):
-            Denoising steps when generating candidates.
-        guidance_scale (`float`, *optional*, defaults to `7.5`):
+        height (`int` or `None`, *optional*, defaults to `None`):
+            Height of the generated images, a multiple of 8; `None` uses the pipeline's own default size (its
+            denoiser's sample size times the VAE factor: 512 for SD 1.5, 768 for SD 2.1, 1024 for SDXL, SD3 and
+            FLUX.1).
+        width (`int` or `None`, *optional*, defaults to `None`):
+            Width of the generated images, a multiple of 8; `None` as for `height`.
+        num_inference_steps (`int` or `None`, *optional*, defaults to `None`):
+            Denoising steps when generating candidates; `None` uses the pipeline's default (50 for SD 1.x / 2.x and
+            SDXL, 28 for SD3 and FLUX.1).
+        guidance_scale (`float` or `None`, *optional*, defaults to `None`):
             Classifier-free guidance scale when generating; 1.0 turns guidance off. For FLUX.1-dev it is the
-            distilled guidance fed to the guidance embedding, in generation and in training (3.5 is FLUX's own
-            default).
+            distilled guidance fed to the guidance embedding, in generation and in training. `None` uses the
+            pipeline's default (7.5 for SD 1.x / 2.x, 5.0 for SDXL, 7.0 for SD3, 3.5 for FLUX.1).
         negative_prompt (`str` or `None`, *optional*, defaults to `None`):
             Negative prompt used for every candidate (with guidance); not for FLUX.1.
         max_sequence_length (`int` or `None`, *optional*, defaults to `None`):
@@ -65,11 +68,21 @@ class DiffusionRAFTConfig(StageConfig):
             dict, or JSON text on the command line: `'{"torch_dtype": "float16"}'`).
     """
 
-    height: int = field(default=512, metadata={"help": "Height of the generated images (a multiple of 8)."})
-    width: int = field(default=512, metadata={"help": "Width of the generated images (a multiple of 8)."})
-    num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps when generating candidates."})
-    guidance_scale: float = field(
-        default=7.5, metadata={"help": "Classifier-free guidance scale when generating (1.0: no guidance)."}
+    height: int | None = field(
+        default=None,
+        metadata={"help": "Height of the generated images (a multiple of 8); None: the pipeline family's default."},
+    )
+    width: int | None = field(
+        default=None,
+        metadata={"help": "Width of the generated images (a multiple of 8); None: the pipeline family's default."},
+    )
+    num_inference_steps: int | None = field(
+        default=None,
+        metadata={"help": "Denoising steps when generating candidates; None: the pipeline family's default."},
+    )
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Classifier-free guidance scale when generating (1.0: none); None: the family's default."},
     )
     negative_prompt: str | None = field(
         default=None, metadata={"help": "Negative prompt for every candidate (used with guidance; not FLUX)."}
@@ -119,8 +132,14 @@ class DiffusionRAFTConfig(StageConfig):
     def __post_init__(self):
         for name in ("height", "width"):
             value = getattr(self, name)
-            require(value >= 8 and value % 8 == 0, f"{name} must be a positive multiple of 8 (got {value}).")
-        require(self.num_inference_steps >= 1, f"num_inference_steps must be >= 1 (got {self.num_inference_steps}).")
+            require(
+                value is None or (value >= 8 and value % 8 == 0),
+                f"{name} must be a positive multiple of 8, or None for the pipeline's default (got {value}).",
+            )
+        require(
+            self.num_inference_steps is None or self.num_inference_steps >= 1,
+            f"num_inference_steps must be >= 1, or None for the pipeline's default (got {self.num_inference_steps}).",
+        )
         require(
             self.iterations_per_stage >= 1, f"iterations_per_stage must be >= 1 (got {self.iterations_per_stage})."
         )
@@ -142,6 +161,9 @@ class DiffusionRAFTConfig(StageConfig):
             self.lora_target_modules is None or len(self.lora_target_modules) > 0,
             "lora_target_modules is empty: name at least one module, or leave it None for the family's default.",
         )
-        require(self.guidance_scale >= 0, f"guidance_scale must be >= 0 (got {self.guidance_scale}).")
+        require(
+            self.guidance_scale is None or self.guidance_scale >= 0,
+            f"guidance_scale must be >= 0, or None for the pipeline's default (got {self.guidance_scale}).",
+        )
         self.pipeline_init_kwargs = keyword_arguments(self.pipeline_init_kwargs, "pipeline_init_kwargs")
         super().__post_init__()

@@ -43,7 +43,7 @@ class DiffusionRAFTTrainer(StageTrainer):
             denoiser (the UNet of SD 1.x / 2.x / XL, the transformer of SD3 / FLUX.1) gets a LoRA adapter, the only
             trained weights; the VAE and the text encoders stay frozen.
         reward_funcs: a reward function called with `images=` (PIL images), `prompts=` and the other dataset columns,
-            returning one float per image (`raft_trainer.rewards.AestheticScorer`, `CLIPScore`,
+            returning one float per image (`raft_trainer.rewards.AestheticScorer`, `CLIPScore`, `PickScore`, `HPSv2`,
             `JPEGCompressibility`, or your own), or a list of these weighted by `args.reward_weights`.
         args (`DiffusionRAFTConfig`): the configuration.
         train_dataset (`datasets.Dataset`): text prompts in a `prompt` column; the other columns go to the rewards.
@@ -75,6 +75,7 @@ class DiffusionRAFTTrainer(StageTrainer):
             kwargs = with_torch_dtypes(args.pipeline_init_kwargs or {})
             pipeline = DiffusionPipeline.from_pretrained(pipeline, **kwargs)  # model_index.json names the class
         self.family = pipeline_family(pipeline, args)  # SD 1.x / 2.x, SDXL, SD3 or FLUX.1: what differs between them
+        args = self.family.args  # with the family's own size, steps and guidance where the configuration left None
         self.pipeline = pipeline
         # The denoiser alone does not say which pipeline it is from.
         self.base_model_name = pipeline.name_or_path or None

@@ -7,9 +7,14 @@
     FLUX.1                   FluxPipeline                transformer   flow matching, packed latents, guidance
 
 An adapter encodes the prompts (and what else conditions the model: SDXL's size and crop ids), calls the denoiser
-the way its pipeline does, and saves / reads the LoRA in the format its pipeline's `load_lora_weights` reads. The
-trainer holds the stage cycle and the loss; nothing here knows about stages.
+the way its pipeline does, and saves / reads the LoRA in the format its pipeline's `load_lora_weights` reads. It also
+fills the sampling settings the configuration leaves None with the pipeline's own (its `__call__`'s defaults, and the
+size it computes from its denoiser's sample size), so each family samples as diffusers does unless told otherwise.
+The trainer holds the stage cycle and the loss; nothing here knows about stages.
 """
+
+import copy
+import inspect
 
 import torch
 from diffusers import (
@@ -39,6 +44,11 @@ TRANSFORMER_LORA_TARGET_MODULES = [
 ]
 
 
+# The configuration's sampling fields that None leaves to the pipeline family; the last two are `__call__` keywords.
+SAMPLED_CALL_FIELDS = ("num_inference_steps", "guidance_scale")
+SAMPLING_FIELDS = ("height", "width", *SAMPLED_CALL_FIELDS)
+
+
 class PipelineFamily:
     """The adapter of one pipeline family (see the module docstring); subclasses set the class attributes."""
 
@@ -53,8 +63,8 @@ class PipelineFamily:
 
     def __init__(self, pipeline, args):
         self.pipeline = pipeline
-        self.args = args
-        self.check(args)
+        self.args = self.with_sampling_defaults(args)
+        self.check(self.args)
 
     # What the trainer asks of every family ---------------------------------------------------------------------
 
@@ -76,6 +86,37 @@ class PipelineFamily:
 
     def size_multiple(self) -> int:
         return self.pipeline.vae_scale_factor
+
+    def sampling_defaults(self) -> dict:
+        """The pipeline's own sampling settings: the defaults of its `__call__` for the steps and the guidance, and
+        the size it falls back to, its denoiser's sample size (`default_sample_size`, else the UNet config's) times
+        the VAE factor: 512 for SD 1.5, 768 for SD 2.1, 1024 for SDXL, SD3 and FLUX.1. Nothing is loaded."""
+        parameters = inspect.signature(type(self.pipeline).__call__).parameters
+        defaults = {}
+        for name in SAMPLED_CALL_FIELDS:
+            default = parameters[name].default if name in parameters else inspect.Parameter.empty
+            if default is inspect.Parameter.empty:
+                raise ValueError(
+                    f"{name}=None takes the pipeline's default, and {type(self.pipeline).__name__}.__call__ has none: "
+                    f"set {name}."
+                )
+            defaults[name] = default
+        sample_size = getattr(self.pipeline, "default_sample_size", None) or self.denoiser.config.sample_size
+        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        scale = self.pipeline.vae_scale_factor
+        return {"height": height * scale, "width": width * scale, **defaults}
+
+    def with_sampling_defaults(self, args):
+        """`args`, or a copy of it whose unset sampling fields hold `sampling_defaults()`. A copy, so the caller's
+        configuration stays as given and can serve a pipeline of another family."""
+        unset = [name for name in SAMPLING_FIELDS if getattr(args, name) is None]
+        if not unset:
+            return args
+        defaults = self.sampling_defaults()
+        resolved = copy.copy(args)
+        for name in unset:
+            setattr(resolved, name, defaults[name])
+        return resolved
 
     @property
     def denoiser(self) -> torch.nn.Module:

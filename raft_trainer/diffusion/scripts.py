@@ -12,9 +12,11 @@ from trl import TrlParser
 from .diffusion_raft_config import DiffusionRAFTConfig
 from .diffusion_raft_trainer import DiffusionRAFTTrainer
 from .image_evaluation import format_evaluation, train_and_evaluate_images
-from .rewards import AestheticScorer, CLIPScore, JPEGCompressibility, JPEGIncompressibility
+from .rewards import AestheticScorer, CLIPScore, HPSv2, JPEGCompressibility, JPEGIncompressibility, PickScore
 from .rewards.aesthetic import AESTHETIC_HEAD_REPO
-from .tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_sd_pipeline
+from .rewards.hps import HPS_FILES, HPS_REPO
+from .rewards.pickscore import PICKSCORE_MODEL, PICKSCORE_PROCESSOR
+from .tiny import tiny_aesthetic_scorer, tiny_clip_score, tiny_hpsv2, tiny_pickscore, tiny_sd_pipeline
 
 # Prompts of the examples that take a prompt file, when none is given.
 DEFAULT_PROMPTS = [
@@ -40,7 +42,7 @@ TINY_LORA_EXAMPLE_DEFAULTS = dict(
     gradient_accumulation_steps=1,
     eval_images_per_prompt=1,
 )
-REWARDS = ("aesthetic", "clip_score", "jpeg_compressibility", "jpeg_incompressibility")
+REWARDS = ("aesthetic", "clip_score", "pickscore", "hpsv2", "jpeg_compressibility", "jpeg_incompressibility")
 
 # `--tiny`: the tiny random pipeline makes 32x32 images; a short run is enough to see every step work.
 TINY_DEFAULTS = dict(
@@ -83,13 +85,34 @@ class PipelineLoRAArguments(ImageScriptArguments):
     )
     reward: str = field(
         default="aesthetic",
-        metadata={"help": f"The reward RAFT ranks by and the evaluation reports: {', '.join(REWARDS)}."},
+        metadata={
+            "help": f"The reward RAFT ranks by and the evaluation reports: {', '.join(REWARDS)}; several, "
+            "comma-separated (pickscore,aesthetic), are summed with the weights --reward_weights gives."
+        },
+    )
+    pickscore_model: str = field(default=PICKSCORE_MODEL, metadata={"help": "PickScore's CLIPModel, id or folder."})
+    pickscore_processor: str = field(
+        default=PICKSCORE_PROCESSOR, metadata={"help": "PickScore's CLIP processor, id or folder."}
+    )
+    hps_checkpoint: str = field(
+        default=HPS_REPO, metadata={"help": "The HPS checkpoint: a .pt file, a folder holding it, or a Hub repo."}
+    )
+    hps_version: str = field(
+        default="v2.1", metadata={"help": "HPS version: v2.1 or v2.0.", "choices": list(HPS_FILES)}
     )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.reward not in REWARDS:
-            raise ValueError(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r}).")
+        names = self.reward_names()
+        unknown = [name for name in names if name not in REWARDS]
+        if unknown or not names or len(set(names)) < len(names):
+            raise ValueError(
+                f"--reward must be one of {', '.join(REWARDS)}, or several of them comma-separated, each once "
+                f"(got {self.reward!r})."
+            )
+
+    def reward_names(self) -> list[str]:
+        return [name.strip() for name in self.reward.split(",") if name.strip()]
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -128,33 +151,37 @@ def load_pipeline(script_args: ImageScriptArguments, tiny_pipeline: Callable = t
     return tiny_pipeline() if script_args.tiny else script_args.pretrained_model_name_or_path
 
 
-def load_reward(script_args: PipelineLoRAArguments) -> Callable:
-    """The reward `--reward` names (the JPEG ones need no model, so `--tiny` changes nothing for them)."""
-    if script_args.reward == "aesthetic":
+def load_reward(script_args: PipelineLoRAArguments, name: str) -> Callable:
+    """The reward `name` (one of `REWARDS`) as the flags configure it; tiny models with `--tiny` (the JPEG rewards need
+    no model, so `--tiny` changes nothing for them)."""
+    tiny = script_args.tiny
+    if name == "aesthetic":
         return load_aesthetic_scorer(script_args)
-    if script_args.reward == "clip_score":
+    if name == "clip_score":
         return load_clip_score(script_args)
-    return JPEGCompressibility() if script_args.reward == "jpeg_compressibility" else JPEGIncompressibility()
+    if name == "pickscore":
+        return tiny_pickscore() if tiny else PickScore(script_args.pickscore_model, script_args.pickscore_processor)
+    if name == "hpsv2":
+        return tiny_hpsv2() if tiny else HPSv2(script_args.hps_checkpoint, version=script_args.hps_version)
+    return JPEGCompressibility() if name == "jpeg_compressibility" else JPEGIncompressibility()
 
 
 def run_pipeline_lora_example(
     paper_defaults: dict, tiny_pipeline: Callable, argv: list[str] | None, tiny_defaults: dict | None = None
 ) -> dict:
-    """The body of the one-family examples: parse, read the prompts, RAFT with `--reward`, evaluate it before and
-    after on the same prompts, save the LoRA; returns the summary."""
+    """The body of the one-family examples: parse, read the prompts, RAFT with the `--reward` (or the rewards, weighted
+    by `--reward_weights`), evaluate each before and after on the same prompts, save the LoRA; returns the summary."""
     tiny_defaults = {**TINY_LORA_EXAMPLE_DEFAULTS, **(tiny_defaults or {})}
     script_args, args = parse_args(PipelineLoRAArguments, paper_defaults, argv, tiny_defaults)
     prompts = read_prompts(script_args.prompts)
-    reward = load_reward(script_args)
+    rewards = {name: load_reward(script_args, name) for name in script_args.reward_names()}
     trainer = DiffusionRAFTTrainer(
         load_pipeline(script_args, tiny_pipeline),
-        reward,
+        list(rewards.values()),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
     )
-    return run_and_report(
-        trainer, {"prompts": prompts}, {script_args.reward: reward}, script_args.eval_images_per_prompt
-    )
+    return run_and_report(trainer, {"prompts": prompts}, rewards, script_args.eval_images_per_prompt)
 
 
 def load_aesthetic_scorer(script_args: ImageScriptArguments) -> AestheticScorer:

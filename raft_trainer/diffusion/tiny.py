@@ -1,5 +1,5 @@
-"""Tiny Stable Diffusion (1.x, XL, 3), FLUX.1, OpenCLIP and image-reward models built from configs, for offline tests
-and the examples' `--tiny` runs: nothing is downloaded."""
+"""Tiny Stable Diffusion (1.x, XL, 3), FLUX.1, CLIP, OpenCLIP and image-reward models built from configs, for offline
+tests and the examples' `--tiny` runs: nothing is downloaded."""
 
 import json
 import os
@@ -23,6 +23,10 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -34,6 +38,8 @@ from transformers import (
 
 from .rewards.aesthetic import AestheticHead, AestheticScorer
 from .rewards.clip_score import CLIPScore
+from .rewards.hps import HPSv2, hps_preprocess
+from .rewards.pickscore import PickScore
 
 # The 23-token CLIP BPE vocabulary of the transformers tests: enough for prompts made of its words.
 CLIP_TEST_VOCAB = (
@@ -239,7 +245,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
         guidance_embeds=guidance_embeds,
         axes_dims_rope=[2, 2, 4],
     )
-    return FluxPipeline(
+    pipeline = FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_flow_vae(),
@@ -250,6 +256,9 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
         image_encoder=None,
         feature_extractor=None,
     )
+    # FluxPipeline's default size is a fixed 128 latents (x the VAE factor): make it this tiny model's 32x32 images.
+    pipeline.default_sample_size = 16
+    return pipeline
 
 
 def tiny_open_clip(embed_dim: int = 32, seed: int = 0) -> tuple[torch.nn.Module, Callable, Callable]:
@@ -277,3 +286,29 @@ def tiny_clip_score(seed: int = 0) -> CLIPScore:
     """A `CLIPScore` on a tiny random OpenCLIP model."""
     model, preprocess, tokenizer = tiny_open_clip(seed=seed)
     return CLIPScore(model, preprocess=preprocess, tokenizer=tokenizer)
+
+
+def tiny_hpsv2(seed: int = 0) -> HPSv2:
+    """An `HPSv2` on a tiny random OpenCLIP model (no checkpoint), with HPS's pad-to-square transform."""
+    model, _, tokenizer = tiny_open_clip(seed=seed)
+    return HPSv2(model=model, preprocess=hps_preprocess(32), tokenizer=tokenizer)
+
+
+def tiny_clip_model(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
+    """A random transformers CLIP for 32x32 images over `CLIP_TEST_VOCAB`, and its processor: PickScore's kind."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    text = dict(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer)
+    )
+    text.update(max_position_embeddings=77, bos_token_id=21, eos_token_id=22, pad_token_id=22)  # the vocab's ids
+    vision = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, image_size=32)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 8}, projection_dim=8))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model.eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tiny_pickscore(seed: int = 0) -> PickScore:
+    """A `PickScore` on a tiny random transformers CLIP (prompts made of `TINY_CLIP_WORDS`)."""
+    model, processor = tiny_clip_model(seed)
+    return PickScore(model, processor)

@@ -81,21 +81,13 @@ def lazy_attributes(package: str, modules: dict[str, str]) -> Callable[[str], ob
 
 
 # The image rewards live with the diffusion side (the `diffusion` extra): imported on first use.
-IMAGE_REWARDS = ("AestheticHead", "AestheticScorer", "CLIPScore", "JPEGCompressibility", "JPEGIncompressibility")
+IMAGE_REWARDS = (
+    "AestheticHead AestheticScorer CLIPScore HPSv2 PickScore JPEGCompressibility JPEGIncompressibility".split()
+)
 __getattr__ = lazy_attributes(__name__, {name: "..diffusion.rewards" for name in IMAGE_REWARDS})
 
 
-__all__ = [
-    "AestheticHead",
-    "AestheticScorer",
-    "CLIPScore",
-    "JPEGCompressibility",
-    "JPEGIncompressibility",
-    "RewardFunction",
-    "RewardModel",
-    "as_reward_functions",
-    "reward_function_name",
-]
+__all__ = [*IMAGE_REWARDS, "RewardFunction", "RewardModel", "as_reward_functions", "reward_function_name"]
 
 
 def one_reward_argument(reward_funcs, reward_fn):

@@ -1,13 +1,13 @@
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
 from torch import nn
 
-from .clip_score import load_open_clip, parameter_device_and_dtype, preprocess_batch
+from ...models import load_tensors, weights_file
+from .clip_score import load_open_clip, preprocess_batch
+from .similarity import parameter_device_and_dtype
 
 # The LAION "improved aesthetic predictor" weights (sac+logos+ava1-l14-linearMSE.pth, Apache-2.0, from
 # christophschuhmann/improved-aesthetic-predictor), renamed, in the Hub repo TRL's DDPO example loaded them from.
@@ -48,13 +48,8 @@ class AestheticHead(nn.Module):
         The upstream file is a pickled state dict saved on CUDA: it is read with `weights_only=True` (tensors only,
         no code) onto the CPU.
         """
-        path = Path(weights)
-        if path.is_dir():
-            path = path / filename
-        elif not path.is_file():
-            path = hf_hub_download(repo_id=str(weights), filename=filename)
         head = cls()
-        head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        head.load_state_dict(load_tensors(weights_file(weights, filename)))
         return head
 
 

@@ -2,8 +2,9 @@ from collections.abc import Callable
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .similarity import PromptImageSimilarity, normalised_rows, parameter_device_and_dtype
 
 
 def load_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Callable]:
@@ -19,21 +20,13 @@ def load_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, Callab
     return model, preprocess
 
 
-def parameter_device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where inputs of `module` must go: the device and dtype of its parameters (CPU float32 if it has none)."""
-    parameter = next(module.parameters(), None)
-    if parameter is None:
-        return torch.device("cpu"), torch.float32
-    return parameter.device, parameter.dtype
-
-
 def preprocess_batch(images: list, preprocess: Callable, module: nn.Module) -> torch.Tensor:
     """Apply the CLIP image transform to PIL images and stack them on the device and in the dtype of `module`."""
     device, dtype = parameter_device_and_dtype(module)
     return torch.stack([preprocess(image) for image in images]).to(device=device, dtype=dtype)
 
 
-class CLIPScore(nn.Module):
+class CLIPScore(PromptImageSimilarity):
     """Text-image alignment reward: 100 x cosine(CLIP image embedding, CLIP text embedding of the prompt).
 
     Unlike the CLIPScore metric (torchmetrics), the cosine is not clipped at 0: a ranking reward should keep the order
@@ -70,34 +63,20 @@ class CLIPScore(nn.Module):
         self.batch_size = batch_size
         self.__name__ = "clip_score"
 
+    def scale(self) -> float:
+        return 100.0
+
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """L2-normalised float32 text embeddings, one row per prompt."""
         device, _ = parameter_device_and_dtype(self.model)
-        rows = []
-        for start in range(0, len(prompts), self.batch_size):
-            tokens = self.tokenizer(prompts[start : start + self.batch_size]).to(device)
-            rows.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1))
-        return torch.cat(rows)
+        return normalised_rows(
+            prompts, lambda batch: self.model.encode_text(self.tokenizer(batch).to(device)), self.batch_size
+        )
 
     def image_embeddings(self, images: list) -> torch.Tensor:
         """L2-normalised float32 image embeddings, one row per image."""
-        rows = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = preprocess_batch(images[start : start + self.batch_size], self.preprocess, self.model)
-            rows.append(F.normalize(self.model.encode_image(pixels).float(), dim=-1))
-        return torch.cat(rows)
-
-    @torch.inference_mode()
-    def forward(self, images: list, prompts: list[str] | None = None, **_) -> list[float]:
-        if prompts is None or len(images) != len(prompts):
-            got = "no prompts" if prompts is None else f"{len(prompts)} prompts"
-            raise ValueError(f"CLIPScore needs one prompt per image: got {len(images)} images and {got}.")
-        if not images:
-            return []
-        self.eval()  # a trainer may have switched every module to training mode: no dropout while scoring
-        # RAFT samples several images per prompt: encode each distinct prompt once.
-        row_of = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
-        text = self.text_embeddings(list(row_of))
-        rows = torch.tensor([row_of[prompt] for prompt in prompts], device=text.device)
-        image = self.image_embeddings(images)
-        return (100 * (image * text[rows]).sum(dim=-1)).tolist()
+        return normalised_rows(
+            images,
+            lambda batch: self.model.encode_image(preprocess_batch(batch, self.preprocess, self.model)),
+            self.batch_size,
+        )
