@@ -7,11 +7,13 @@ implementations, and with `--static_cache` a static KV cache (with `torch.compil
 `generation_batch_size`: each prompt encoded once and its key-value cache copied for its 8 samples, where plain
 `generate` encodes it 8 times) is timed in the same process, the repetitions of all configurations interleaved so
 that drift hits all alike. Reported: completions/s, generated tokens/s (up to each completion's eos) and the ratio to
-the fastest.
+the fastest. transformers' continuous batching (`generate_batch` over a paged key-value cache, what
+`use_transformers_continuous_batching` turns on) is timed beside them.
 
     python benchmarks/generation_throughput.py --repeats 2                   # about 15 minutes on 2 cores
     python benchmarks/generation_throughput.py --repeats 2 --static_cache --compile
     python benchmarks/generation_throughput.py --repeats 2 --only "sdpa, batch 64" "RAFT's"
+    python benchmarks/generation_throughput.py --repeats 2 --only "RAFT's"             # prompt cache vs continuous
 """
 
 import argparse
@@ -103,6 +105,10 @@ def main() -> None:
         runs[f"RAFT's generate_completions, batch {batch_size}"] = lambda b=batch_size: generate_completions(
             models["sdpa"], prompt_ids, config, SAMPLES, b, show_progress=False
         )
+    # transformers' continuous batching with paged attention (`generate_batch`; `use_transformers_continuous_batching`).
+    runs["RAFT's generate_completions, continuous batching"] = lambda: generate_completions(
+        models["sdpa"], prompt_ids, config, SAMPLES, default_batch, show_progress=False, continuous_batching={}
+    )
 
     if options.only:
         runs = {name: run for name, run in runs.items() if any(part in name for part in options.only)}

@@ -115,6 +115,7 @@ def generate_phase(
             args.generations_per_prompt,
             args.generation_batch_size,
             show_progress=not args.disable_tqdm and processes.is_local_main_process,
+            continuous_batching=args.continuous_batching,
         )
     prompt_of = each_prompt_repeated(len(mine), args.generations_per_prompt)
     candidates = {

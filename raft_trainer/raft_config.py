@@ -2,7 +2,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
+from transformers import ContinuousBatchingConfig, TrainingArguments
 
 from .stage_config import StageConfig, keyword_arguments, require
 from .stages.selection import SelectionRule
@@ -27,6 +27,7 @@ GRPO_EQUIVALENTS = {
     "num_iterations": "epochs_per_stage",
     "delta": "dual_clip",
     "vllm_importance_sampling_cap": "vllm_importance_sampling_clip_max",  # its deprecated name
+    "use_transformers_paged": "use_transformers_continuous_batching",  # its deprecated name
 }
 # GRPOConfig fields named like RAFTConfig's that mean something else there, and GRPO's own bookkeeping of how its
 # updates fall into rounds of generation: none is carried over (beta is, as kl_loss_coef).
@@ -64,6 +65,12 @@ class RAFTConfig(StageConfig):
         cache_implementation (`str` or `None`, *optional*, defaults to `None`):
             The key-value cache `generate` keeps (`"static"`, ...; transformers' `GenerationConfig` field). `None`:
             the model's own, or RAFT's prompt-once cache, which encodes each prompt once for its K samples.
+        use_transformers_continuous_batching (`bool`, *optional*, defaults to `False`):
+            Sample with transformers' continuous batching over a paged key-value cache (`generate_batch`) instead
+            of `generate` with RAFT's prompt-once cache (GRPO's name; BENCHMARKS.md compares the two).
+        transformers_continuous_batching_config (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Keywords for transformers' `ContinuousBatchingConfig` (`max_batch_tokens`, `num_blocks`,
+            `max_memory_percent`, ...; a dict, or JSON text on the command line). `None`: its defaults.
         chat_template_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Keywords for the tokenizer's `apply_chat_template` when chat prompts are rendered (e.g.
             `{"enable_thinking": false}`).
@@ -186,6 +193,13 @@ class RAFTConfig(StageConfig):
     )
     cache_implementation: str | None = field(
         default=None, metadata={"help": "generate's key-value cache ('static', ...); None: RAFT's prompt-once cache."}
+    )
+    use_transformers_continuous_batching: bool = field(
+        default=False,
+        metadata={"help": "Sample with transformers' continuous batching (generate_batch) instead of generate."},
+    )
+    transformers_continuous_batching_config: dict | str | None = field(
+        default=None, metadata={"help": "Keywords for transformers' ContinuousBatchingConfig (a dict, or JSON text)."}
     )
     chat_template_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keywords for apply_chat_template when chat prompts are rendered."}
@@ -328,6 +342,21 @@ class RAFTConfig(StageConfig):
             f"{', '.join(SAMPLING_FIELDS[name] for name in own_fields)} instead.",
         )
         self.chat_template_kwargs = keyword_arguments(self.chat_template_kwargs, "chat_template_kwargs")
+        self.transformers_continuous_batching_config = keyword_arguments(
+            self.transformers_continuous_batching_config, "transformers_continuous_batching_config"
+        )
+        unknown = sorted(
+            set(self.transformers_continuous_batching_config or {})
+            - {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+        )
+        require(
+            not unknown,
+            f"transformers_continuous_batching_config has keys ContinuousBatchingConfig does not take: {unknown}.",
+        )
+        require(
+            not (self.use_transformers_continuous_batching and self.use_vllm),
+            "use_transformers_continuous_batching and use_vllm both choose the sampler: set one of them.",
+        )
         require(
             self.num_generations_eval is None or self.num_generations_eval >= 1,
             f"num_generations_eval must be >= 1 or None (got {self.num_generations_eval}).",
@@ -418,7 +447,8 @@ class RAFTConfig(StageConfig):
     def from_grpo_config(cls, grpo_config, **overrides) -> "RAFTConfig":
         """The RAFT configuration of a TRL `GRPOConfig` (docs/grpo_config.md): every `TrainingArguments` field and
         every field of the same name and meaning carried over; GRPO's `beta` (a KL loss) as `kl_loss_coef`,
-        `num_iterations` as `epochs_per_stage`, `delta` as `dual_clip`, the vLLM server's host and port as
+        `num_iterations` as `epochs_per_stage`, `delta` as `dual_clip`, `use_transformers_paged` as
+        `use_transformers_continuous_batching`, the vLLM server's host and port as
         `vllm_server_base_url`; `disable_dropout` only when on (RAFTConfig's default already turns it on for the
         clipped losses). GRPO-only settings that would change training, set away from GRPO's defaults, are named in
         one warning. `overrides` are RAFTConfig fields set on top (`num_stages=8`, `loss_type="raft++"`)."""
@@ -436,7 +466,7 @@ class RAFTConfig(StageConfig):
         if grpo_config.disable_dropout:
             values["disable_dropout"] = True
         for name, raft_name in GRPO_EQUIVALENTS.items():
-            if getattr(grpo_config, name) is not None:
+            if getattr(grpo_config, name) not in (None, False):  # a deprecated name set beside the new one
                 values[raft_name] = getattr(grpo_config, name)
         if grpo_config.vllm_server_base_url is None and grpo_config.use_vllm and grpo_config.vllm_mode == "server":
             values["vllm_server_base_url"] = f"http://{grpo_config.vllm_server_host}:{grpo_config.vllm_server_port}"
@@ -478,6 +508,13 @@ class RAFTConfig(StageConfig):
             distinct_columns=("completion", "truncated"),
             contrast_groups=self.loss_type == "reinforce_rej",
         )
+
+    @property
+    def continuous_batching(self) -> dict | None:
+        """The `ContinuousBatchingConfig` keywords when candidates are sampled with continuous batching, else None."""
+        if not self.use_transformers_continuous_batching:
+            return None
+        return dict(self.transformers_continuous_batching_config or {})
 
     @property
     def from_pretrained_kwargs(self) -> dict:

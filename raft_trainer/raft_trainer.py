@@ -366,6 +366,7 @@ class RAFTTrainer(StageTrainer):
                 per_prompt,
                 self.args.generation_batch_size,
                 show_progress=False,
+                continuous_batching=self.args.continuous_batching,
             )
         prompt_of = each_prompt_repeated(len(prompts), per_prompt)
         return {
@@ -387,6 +388,7 @@ class RAFTTrainer(StageTrainer):
             self.args.generations_per_prompt,
             self.args.generation_batch_size,
             show_progress=not self._quiet(),
+            continuous_batching=self.args.continuous_batching,
         )
 
     def policy_tokens(self, completions: list[str], candidate_ids: list[list[int]]) -> list[list[int]]:

@@ -141,3 +141,57 @@ def test_raft_trainer_takes_grpo_trainers_parameters_in_its_order(make_model, to
     ours = positional(RAFTTrainer)
     assert ours == positional(GRPOTrainer)[: len(ours)]
     assert ours[:6] == ["model", "reward_funcs", "args", "train_dataset", "eval_dataset", "processing_class"]
+
+
+def test_continuous_batching_carries_over_under_either_of_grpos_names(tmp_path, caplog):
+    settings = {"max_batch_tokens": 256}
+    new = grpo_config(
+        tmp_path, use_transformers_continuous_batching=True, transformers_continuous_batching_config=settings
+    )
+    with caplog.at_level("WARNING", logger="raft_trainer"):
+        args = RAFTConfig.from_grpo_config(new)
+        deprecated = RAFTConfig.from_grpo_config(grpo_config(tmp_path, use_transformers_paged=True))
+    assert caplog.records == []
+    assert args.continuous_batching == settings
+    assert deprecated.use_transformers_continuous_batching and deprecated.continuous_batching == {}
+    assert RAFTConfig.from_grpo_config(grpo_config(tmp_path)).continuous_batching is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(transformers_continuous_batching_config={"max_batch": 8}), r"does not take: \['max_batch'\]"),
+        (dict(transformers_continuous_batching_config="{max"), "must be a dict or JSON text"),
+        (dict(use_vllm=True), "set one of them"),
+    ],
+)
+def test_continuous_batching_settings_are_checked_before_anything_runs(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        RAFTConfig(output_dir=str(tmp_path), use_transformers_continuous_batching=True, **settings)
+    as_json = RAFTConfig(output_dir=str(tmp_path), transformers_continuous_batching_config='{"num_blocks": 16}')
+    assert as_json.transformers_continuous_batching_config == {"num_blocks": 16}
+
+
+def test_raft_trainer_samples_with_continuous_batching_when_asked(
+    make_model, tokenizer, prompts, make_args, monkeypatch
+):
+    from transformers import GenerationMixin
+
+    from raft_trainer import RAFTTrainer
+
+    from .helpers import read_stage, share_of_apple
+
+    calls = []
+    generate_batch = GenerationMixin.generate_batch
+    monkeypatch.setattr(GenerationMixin, "generate_batch", lambda *a, **k: calls.append(k) or generate_batch(*a, **k))
+    args = make_args(
+        use_transformers_continuous_batching=True, transformers_continuous_batching_config={"num_blocks": 64}
+    )
+    trainer = RAFTTrainer(make_model(), share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
+    trainer.train()
+    stage = read_stage(args, 0)
+    assert len(calls) == 1 and calls[0]["continuous_batching_config"].num_blocks == 64
+    assert calls[0]["generation_config"].num_return_sequences == args.num_generations
+    counts = [list(stage["prompt_index"]).count(i) for i in sorted(set(stage["prompt_index"]))]
+    assert counts == [args.num_generations] * args.prompts_per_stage  # every prompt's K candidates, none lost
+    assert sum(stage["selected"]) == args.prompts_per_stage and trainer.state.global_step > 0

@@ -141,3 +141,44 @@ def test_the_models_own_sampling_settings_do_not_leak_into_the_samples(architect
     assert results[0] == results[1]
     # the settings would have changed the samples: repeated tokens are what no_repeat_ngram_size=1 forbids
     assert any(len(set(ids)) < len(ids) for ids in results[0][0])
+
+
+def test_continuous_batching_gives_plain_generates_greedy_completions_prompt_major(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_llama(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    model.train()
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    greedy = GenerationConfig(
+        do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    expected = generate_completions(model, prompt_ids, greedy, 1, 64, show_progress=False)
+    # three "samples" per prompt: greedy ones are all the prompt's completion, so a prompt's place shows
+    paged = generate_completions(model, prompt_ids, greedy, 3, 64, show_progress=False, continuous_batching={})
+    assert paged == [ids for ids in expected for _ in range(3)]
+    assert model.training  # put back in train mode
+    assert model(torch.tensor([prompt_ids[1]])).logits.shape[1] == len(prompt_ids[1])  # and forward as before
+
+
+def test_continuous_batching_cuts_each_completion_after_its_first_eos(tokenizer, make_model, monkeypatch):
+    from types import SimpleNamespace
+
+    eos = tokenizer.eos_token_id
+    produced = [[5, eos, 7], [6, 6], [eos]]
+    model = make_model()
+    monkeypatch.setattr(
+        type(model),
+        "generate_batch",
+        lambda self, inputs, generation_config, **kwargs: {
+            f"req_{i}": SimpleNamespace(generated_tokens=ids, error=None) for i, ids in enumerate(produced)
+        },
+        raising=False,
+    )
+    config = GenerationConfig(max_new_tokens=3, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    completions = generate_completions(model, [[1], [2], [3]], config, 1, 8, False, continuous_batching={})
+    assert completions == [[5, eos], [6, 6], [eos]]
+    produced.pop()  # a request that failed is missing from generate_batch's answer
+    with pytest.raises(RuntimeError, match="returned 2 of 3 completions"):
+        generate_completions(model, [[1], [2], [3]], config, 1, 8, False, continuous_batching={})
