@@ -163,6 +163,7 @@ def test_continuous_batching_carries_over_under_either_of_grpos_names(tmp_path, 
         (dict(transformers_continuous_batching_config={"max_batch": 8}), r"does not take: \['max_batch'\]"),
         (dict(transformers_continuous_batching_config="{max"), "must be a dict or JSON text"),
         (dict(use_vllm=True), "set one of them"),
+        (dict(repetition_penalty=1.2), "drops repetition_penalty"),
     ],
 )
 def test_continuous_batching_settings_are_checked_before_anything_runs(tmp_path, settings, message):
