@@ -105,7 +105,7 @@ def main() -> None:
         runs[f"RAFT's generate_completions, batch {batch_size}"] = lambda b=batch_size: generate_completions(
             models["sdpa"], prompt_ids, config, SAMPLES, b, show_progress=False
         )
-    # transformers' continuous batching with paged attention (`generate_batch`; `use_transformers_continuous_batching`).
+    # transformers' continuous batching with paged attention (generate_batch: use_transformers_continuous_batching).
     runs["RAFT's generate_completions, continuous batching"] = lambda: generate_completions(
         models["sdpa"], prompt_ids, config, SAMPLES, default_batch, show_progress=False, continuous_batching={}
     )

@@ -355,9 +355,9 @@ class RAFTConfig(StageConfig):
         )
         require(
             not (self.use_transformers_continuous_batching and self.repetition_penalty != 1.0),
-            "use_transformers_continuous_batching drops repetition_penalty (transformers' continuous batching does not "
-            "apply it), so the samples would not follow the configured distribution: set repetition_penalty=1.0 or "
-            "sample with generate.",
+            "use_transformers_continuous_batching drops repetition_penalty (transformers' continuous batching does "
+            "not apply it), so the samples would not follow the configured distribution: set repetition_penalty=1.0 "
+            "or sample with generate.",
         )
         require(
             not (self.use_transformers_continuous_batching and self.use_vllm),
