@@ -494,6 +494,8 @@ class RAFTConfig(StageConfig):
             dropped.append(
                 f"loss_type={grpo_config.loss_type!r} (RAFT's losses are token means over the step: 'dapo')"
             )
+        if grpo_config.num_train_epochs != TrainingArguments.__dataclass_fields__["num_train_epochs"].default:
+            dropped.append(f"num_train_epochs={grpo_config.num_train_epochs} (a run's length is num_stages)")
         if grpo_config.steps_per_generation != grpo_config.gradient_accumulation_steps:
             dropped.append(
                 f"steps_per_generation={grpo_config.steps_per_generation} (a stage's steps: epochs_per_stage)"

@@ -77,6 +77,7 @@ def test_a_grpo_config_carries_over(tmp_path, caplog):
         repetition_penalty=1.1,
         entropy_coef=0.01,
         loss_type="grpo",
+        num_train_epochs=2,
     )
     with caplog.at_level("WARNING", logger="raft_trainer"):
         args = RAFTConfig.from_grpo_config(grpo, num_stages=3)
@@ -90,6 +91,7 @@ def test_a_grpo_config_carries_over(tmp_path, caplog):
     assert args.repetition_penalty == 1.1 and args.entropy_coef == 0.0  # entropy_coef shapes the clipped losses only
     assert "0.01 for entropy_coef" in warnings[0] and "repetition_penalty" not in warnings[0]
     assert "loss_type='grpo'" in warnings[0] and "temperature" not in warnings[0]
+    assert "num_train_epochs=2 (a run's length is num_stages)" in warnings[0]
     assert RAFTConfig.from_grpo_config(grpo, loss_type="raft++").entropy_coef == 0.01
 
 
