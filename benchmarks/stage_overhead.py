@@ -10,6 +10,7 @@ ratio to RAFT is what decoupling costs. Repetitions alternate the three so that 
     python benchmarks/stage_overhead.py --repeats 5                  # 4 stages
     python benchmarks/stage_overhead.py --repeats 5 --num_stages 1   # the Trainer's one-time start weighs more
     python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 3 --num_stages 2
+    python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 3 --num_stages 24 --prompts_per_stage 4
 
 With `--model smollm2-135m-instruct` the stages are the real model's on the arithmetic task (b=32, K=8, 16 new
 tokens, the exact-answer reward function, one epoch at batch 8, best of K kept), and the phases are left out.
@@ -116,6 +117,8 @@ def main() -> None:
     parser.add_argument("--num_stages", type=int, default=4)
     parser.add_argument("--model", choices=[SMOLLM2], default=None, help="The real model instead of the toy world.")
     parser.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/raft-trainer"))
+    parser.add_argument("--prompts_per_stage", type=int, default=None, help="b (default: 64 toy, 32 real).")
+    parser.add_argument("--num_generations", type=int, default=None, help="K (default: 8).")
     options = parser.parse_args()
     if options.model is None:
         world = make_world(seed=0)
@@ -126,6 +129,9 @@ def main() -> None:
         STAGE = REAL_STAGE
         models = SimpleNamespace(policy_path=packaged_smollm2(), reward=exact_answer_reward)
         prompts = arithmetic_dataset()["train"]
+    for name in ("prompts_per_stage", "num_generations"):  # smaller stages, GRPO's update size say
+        if getattr(options, name) is not None:
+            STAGE = {**STAGE, name: getattr(options, name)}
     raft_times, floor_times, phases_times = [], [], []
     with tempfile.TemporaryDirectory() as output_dir:
         for _ in range(options.repeats):
