@@ -368,6 +368,7 @@ class StageTrainer(Trainer):
         columns = {name: [values[i] for i in prompt_of] for name, values in rows.items()}
         self.reward_log = RewardLog()
         rewards, rewards_per_func = self.score(candidates, columns)
+        candidates["reward"] = rewards.tolist()
         _, reward_metrics = self.reward_log.take(len(rewards))
         rewards, rewards_per_func = (torch.cat(gather_object([tensor])) for tensor in (rewards, rewards_per_func))
         metrics = {f"{metric_key_prefix}_reward": rewards.nanmean().item()}
@@ -380,6 +381,7 @@ class StageTrainer(Trainer):
             metrics[f"{metric_key_prefix}_accuracy"] = (rewards >= self.args.reward_threshold).double().mean().item()
         for name, value in self.evaluation_metrics(candidates).items():
             metrics[f"{metric_key_prefix}_{name}"] = value
+        self.write_evaluation_media(candidates, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -391,6 +393,9 @@ class StageTrainer(Trainer):
     def evaluation_metrics(self, candidates: Candidates) -> dict[str, float]:
         """The modality's own held-out figures (averaged over processes by the caller's gather, or local)."""
         return {}
+
+    def write_evaluation_media(self, candidates: Candidates, metric_key_prefix: str) -> None:
+        """Files showing this process's held-out candidates, with their rewards (none by default)."""
 
     def process_share(self, items: list) -> list:
         """This process's contiguous share of `items` (the shares of all processes, in order, make up `items`)."""

@@ -227,3 +227,62 @@ def test_pipeline_kwargs_from_the_command_line_load_in_half_precision(prompts, m
         make_args(pipeline_init_kwargs={"torch_dtype": "half16"})
     with pytest.raises(ValueError, match="pipeline_init_kwargs must be a dict or JSON text"):
         make_args(pipeline_init_kwargs="{torch_dtype: float16}")
+
+
+def test_evaluate_scores_one_seeded_image_per_held_out_prompt_and_writes_their_grid(prompts, make_args):
+    held_out = Dataset.from_dict({"prompt": ["newer lowest", "wide", "lower"]})
+    args = make_args()
+    trainer = DiffusionRAFTTrainer(
+        tiny_sd_pipeline(), [brightness, redness], args=args, train_dataset=prompts, eval_dataset=held_out
+    )
+    metrics = trainer.evaluate()
+    # by hand: each prompt's image from its own generator, with the training sampler's settings
+    seeds = np.random.SeedSequence([args.seed, 0]).generate_state(3)
+    images = trainer.pipeline(
+        list(held_out["prompt"]),
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        guidance_scale=trainer.args.guidance_scale,
+        generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds],
+    ).images
+    for name, function in (("brightness", brightness), ("redness", redness)):
+        assert metrics[f"eval_reward/{name}"] == pytest.approx(np.mean(function(images)))
+    assert metrics["eval_reward"] == pytest.approx(np.mean(brightness(images)) + np.mean(redness(images)))
+    assert trainer.evaluate()["eval_reward"] == metrics["eval_reward"]  # the same noise at every evaluation
+    grid = Image.open(os.path.join(args.output_dir, "eval", "eval_step_000000.png"))
+    assert grid.size[0] == 3 * 32 and grid.size[1] > 32  # three images in a row, their rewards below
+
+
+def test_evaluation_each_stage_leaves_training_as_it_was(prompts, make_args):
+    def lora_after(**evaluation):
+        args = make_args(num_stages=2, output_dir=make_args().output_dir + str(len(evaluation)), **evaluation)
+        held_out = Dataset.from_dict({"prompt": ["wide", "lower"]}) if evaluation else None
+        trainer = DiffusionRAFTTrainer(
+            tiny_sd_pipeline(), brightness, args=args, train_dataset=prompts, eval_dataset=held_out
+        )
+        trainer.train()
+        evaluations = [record for record in trainer.state.log_history if "eval_reward" in record]
+        weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+        return weights, evaluations, args
+
+    plain, none, _ = lora_after()
+    evaluated, evaluations, args = lora_after(eval_strategy="epoch")
+    assert none == [] and len(evaluations) == 2  # one evaluation a stage
+    assert sorted(os.listdir(os.path.join(args.output_dir, "eval"))) == [
+        f"eval_step_{step:06d}.png" for step in sorted({record["step"] for record in evaluations})
+    ]
+    assert plain.keys() == evaluated.keys()
+    assert all(torch.equal(plain[name], evaluated[name]) for name in plain)
+
+
+def test_evaluation_settings_are_checked_before_the_pipeline_loads(prompts, make_args):
+    with pytest.raises(ValueError, match="eval_strategy='epoch' needs held-out prompts: pass eval_dataset"):
+        DiffusionRAFTTrainer(
+            "no/such-pipeline", brightness, args=make_args(eval_strategy="epoch"), train_dataset=prompts
+        )
+    chat = Dataset.from_dict({"prompt": [[{"role": "user", "content": "a cat"}]]})
+    with pytest.raises(ValueError, match=r"eval_dataset\['cats'\]\['prompt'\] holds chat messages"):
+        DiffusionRAFTTrainer(
+            "no/such-pipeline", brightness, args=make_args(), train_dataset=prompts, eval_dataset={"cats": chat}
+        )

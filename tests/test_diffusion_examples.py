@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from raft_trainer.diffusion.denoising import LORA_WEIGHT_NAME
 from raft_trainer.diffusion.image_evaluation import evaluate_images
@@ -69,6 +70,13 @@ def test_resolution_example_evaluates_before_and_after_on_cifar_labels(tmp_path,
             assert set(scores) == {"aesthetic", "clip_score"}
             assert all(math.isfinite(score[key]) for score in scores.values() for key in ("mean", "std"))
     assert "out_of_domain   after" in capsys.readouterr().out  # the printed table
+    grids = {
+        moment: np.asarray(Image.open(out / "eval" / f"in_domain_{moment}.png").convert("RGB"), dtype=np.float64)
+        for moment in ("before", "after")
+    }
+    assert grids["before"].shape == grids["after"].shape and grids["before"].shape[1] == 10 * 16  # a row of labels
+    assert np.abs(grids["before"] - grids["after"]).mean() > 0  # training changed the images
+    assert (out / "eval" / "out_of_domain_after.png").is_file()
 
     # The same numbers from an independent evaluation: the untouched pipeline, then with the saved LoRA loaded.
     prompt_sets = {

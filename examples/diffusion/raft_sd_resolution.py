@@ -5,7 +5,8 @@ at 256x256, where it was trained at 512x512, with RAFT and the LAION aesthetic r
 2. RAFT with the paper's settings: 10 prompts a stage, best 1 of 20 images kept (acceptance 0.05), 100 iterations
    a stage on them with batch 10, lr 6e-6, a rank-4 UNet LoRA, guidance 7.5, 50 denoising steps.
 3. Evaluation before and after, as in the paper's Table 8: aesthetic and CLIP score (mean ± std) on the CIFAR-10
-   labels (in-domain) and the CIFAR-100 labels (out-of-domain), printed and written to `output_dir/evaluation.json`.
+   labels (in-domain) and the CIFAR-100 labels (out-of-domain), printed and written to `output_dir/evaluation.json`,
+   with the images before and after in `output_dir/eval/<set>_before.png` and `<set>_after.png`.
 
     python examples/diffusion/raft_sd_resolution.py --output_dir runs/sd-256
     python examples/diffusion/raft_sd_resolution.py --tiny   # tiny random models, offline, a minute on a CPU

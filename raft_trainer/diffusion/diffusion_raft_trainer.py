@@ -47,6 +47,10 @@ class DiffusionRAFTTrainer(StageTrainer):
             `JPEGCompressibility`, or your own), or a list of these weighted by `args.reward_weights`.
         args (`DiffusionRAFTConfig`): the configuration.
         train_dataset (`datasets.Dataset`): text prompts in a `prompt` column; the other columns go to the rewards.
+        eval_dataset (`datasets.Dataset` or a dict of them, *optional*): held-out prompts, in the same form, for
+            `evaluate()` and `eval_strategy`: one image per prompt, from the same starting noise at every
+            evaluation, scored by the reward functions (`eval_reward`, and `eval_reward/<name>` per function), and a
+            grid of the images with their rewards in `output_dir/eval/`.
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
@@ -59,6 +63,7 @@ class DiffusionRAFTTrainer(StageTrainer):
         reward_funcs=None,
         args: DiffusionRAFTConfig | None = None,
         train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
         callbacks=None,
         optimizers=(None, None),
         *,
@@ -68,9 +73,19 @@ class DiffusionRAFTTrainer(StageTrainer):
         if args is None:
             name = pipeline if isinstance(pipeline, str) else pipeline.name_or_path or "sd"
             args = DiffusionRAFTConfig(output_dir=f"{name.rstrip('/').split('/')[-1]}-RAFT")
-        validate_prompt_dataset(train_dataset)
-        if not isinstance(train_dataset[0]["prompt"], str):
-            raise ValueError("DiffusionRAFTTrainer needs text prompts; train_dataset['prompt'] holds chat messages.")
+        if args.eval_strategy != "no" and eval_dataset is None:  # before a pipeline is loaded
+            raise ValueError(
+                f"eval_strategy={args.eval_strategy.value!r} needs held-out prompts: pass eval_dataset, or set "
+                "eval_strategy='no'."
+            )
+        datasets = {"train_dataset": train_dataset}
+        for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}).items():
+            if dataset is not None:
+                datasets[f"eval_dataset{f'[{name!r}]' if name else ''}"] = dataset
+        for name, dataset in datasets.items():
+            validate_prompt_dataset(dataset, name)
+            if not isinstance(dataset[0]["prompt"], str):
+                raise ValueError(f"DiffusionRAFTTrainer needs text prompts; {name}['prompt'] holds chat messages.")
         if isinstance(pipeline, str):
             kwargs = with_torch_dtypes(args.pipeline_init_kwargs or {})
             pipeline = DiffusionPipeline.from_pretrained(pipeline, **kwargs)  # model_index.json names the class
@@ -100,6 +115,7 @@ class DiffusionRAFTTrainer(StageTrainer):
             as_reward_functions(reward_funcs),
             args,
             train_dataset,
+            eval_dataset=eval_dataset,
             data_collator=collate_latent_examples,
             callbacks=callbacks,
             optimizers=optimizers,
@@ -119,19 +135,39 @@ class DiffusionRAFTTrainer(StageTrainer):
         # so a resumed run draws the same ones.
         stage_seed = np.random.SeedSequence([args.seed, self.current_stage(), args.process_index]).generate_state(1)
         generator = torch.Generator().manual_seed(int(stage_seed[0]))
+        images = self._sample_images(all_prompts, generator, show_progress=not self._quiet())
+        return {"image": images, "prompt_position": each_prompt_repeated(len(prompts), per_prompt)}
+
+    def _sample_images(self, prompts: list[str], generator, show_progress: bool = False) -> list:
+        """The pipeline's images of `prompts` with the training sampler's settings, in batches of
+        `generation_batch_size`; `generator` is one generator, or one per prompt."""
         images = []
+        batch_size = self.args.generation_batch_size
         with eval_mode(self.family.denoiser):
-            batch_starts = range(0, len(all_prompts), args.generation_batch_size)
-            for start in tqdm(batch_starts, desc="generating", disable=self._quiet()):
-                batch = all_prompts[start : start + args.generation_batch_size]
+            for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not show_progress):
+                batch = prompts[start : start + batch_size]
                 with self.accelerator.autocast():  # generation in the run's mixed precision, like training
                     images += self.pipeline(
                         prompt=batch,
-                        generator=generator,
+                        generator=generator[start : start + batch_size] if isinstance(generator, list) else generator,
                         output_type="pil",
                         **self.family.generation_kwargs(len(batch)),
                     ).images
-        return {"image": images, "prompt_position": each_prompt_repeated(len(prompts), per_prompt)}
+        return images
+
+    def evaluation_candidates(self, prompts: list) -> ImageCandidates:
+        """One image per held-out prompt, each from noise of its own generator seeded by (`seed`, process, its
+        place): every evaluation starts from the same noise, so the images show what training changed."""
+        seeds = np.random.SeedSequence([self.args.seed, self.args.process_index]).generate_state(len(prompts))
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        return {"image": self._sample_images(prompts, generators), "prompt_position": list(range(len(prompts)))}
+
+    def write_evaluation_media(self, candidates: ImageCandidates, metric_key_prefix: str) -> None:
+        """`output_dir/eval/<prefix>_step_<step>.png`: the main process's held-out images with their rewards."""
+        if self.accelerator.is_main_process:
+            name = f"{metric_key_prefix}_step_{self.state.global_step:06d}.png"
+            captions = [f"{reward:.3f}" for reward in candidates["reward"]]
+            save_image_grid(candidates["image"], captions, os.path.join(self.args.output_dir, "eval", name))
 
     def reward_inputs(self, candidates: ImageCandidates) -> dict:
         return {"images": candidates["image"]}

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 from ..files import write_json
 from ..memory import eval_mode, move_models
 from ..reporting.run_log import stage_records
+from .images import save_image_grid
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -24,6 +25,7 @@ def evaluate_images(
     seed: int = 0,
     batch_size: int = 8,
     negative_prompt: str | None = None,
+    grid_path: str | None = None,
     **generation_kwargs,
 ) -> dict[str, dict[str, float]]:
     """Generate `images_per_prompt` images for each prompt and score them: `{name: {"mean": .., "std": ..}}` for
@@ -32,6 +34,7 @@ def evaluate_images(
     Image i starts from noise of its own generator, seeded from (`seed`, i): the same seed gives the same noise
     whatever the batch size, so evaluations before and after training compare images from the same starting points.
     `generation_kwargs` go to the pipeline (`height`, `width`, `num_inference_steps`, `guidance_scale`, ...).
+    With `grid_path`, the images are also saved there as one grid, each captioned with the first function's reward.
     """
     if not prompts or not all(isinstance(prompt, str) for prompt in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings (got {prompts!r:.80}).")
@@ -44,6 +47,7 @@ def evaluate_images(
     all_prompts = [prompt for prompt in prompts for _ in range(images_per_prompt)]
     seeds = np.random.SeedSequence(seed).generate_state(len(all_prompts))
     rewards = {name: [] for name in reward_functions}
+    all_images = []
     # The UNet (SD 1.x / 2.x, XL) or the transformer (SD3, FLUX.1): a trainer leaves it in training mode.
     denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
     with eval_mode(denoiser):
@@ -66,6 +70,10 @@ def evaluate_images(
                         f"reward function {name!r} returned {len(values)} values for {len(batch)} images."
                     )
                 rewards[name] += [float(value) for value in values]
+            if grid_path is not None:
+                all_images += images
+    if grid_path is not None:
+        save_image_grid(all_images, [f"{value:.3f}" for value in next(iter(rewards.values()))], grid_path, columns=10)
     return {name: {"mean": float(np.mean(values)), "std": float(np.std(values))} for name, values in rewards.items()}
 
 
@@ -77,8 +85,10 @@ def train_and_evaluate_images(
     resume_from_checkpoint: str | bool | None = None,
 ) -> dict:
     """Evaluate the trainer's pipeline on each prompt set, run RAFT, evaluate again with the same seed and
-    generation settings, save the LoRA, and write `output_dir/evaluation.json`. Returns `{"stages": per-stage
-    records, "evaluation": {"settings": .., "before": {set: {reward: {mean, std}}}, "after": ..}}`.
+    generation settings, save the LoRA, and write `output_dir/evaluation.json` and the grids of the images
+    (`output_dir/eval/<set>_before.png`, `<set>_after.png`: the same starting noise in the same places). Returns
+    `{"stages": per-stage records, "evaluation": {"settings": .., "before": {set: {reward: {mean, std}}}, "after":
+    ..}}`.
 
     Before training the LoRA is the identity (its up-projection starts at zero), so "before" is the base pipeline.
     Every process evaluates the same images; the first one writes the file.
@@ -98,15 +108,22 @@ def train_and_evaluate_images(
     if args.max_sequence_length is not None:  # SD3 / FLUX.1: generate as the trainer does
         settings["max_sequence_length"] = args.max_sequence_length
 
-    def evaluate() -> dict:
+    def evaluate(moment: str) -> dict:
+        def grid(name: str) -> str | None:  # the images of every evaluation, side by side in output_dir/eval/
+            return (
+                os.path.join(args.output_dir, "eval", f"{name}_{moment}.png")
+                if trainer.is_world_process_zero()
+                else None
+            )
+
         return {
-            name: evaluate_images(trainer.pipeline, prompts, reward_functions, **settings)
+            name: evaluate_images(trainer.pipeline, prompts, reward_functions, grid_path=grid(name), **settings)
             for name, prompts in prompt_sets.items()
         }
 
-    before = evaluate()
+    before = evaluate("before")
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    after = evaluate()
+    after = evaluate("after")
     trainer.save_model()
     evaluation = {
         "settings": {**settings, "num_prompts": {name: len(prompts) for name, prompts in prompt_sets.items()}},
