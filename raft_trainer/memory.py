@@ -37,6 +37,37 @@ def visiting(model, device: torch.device, offload: bool) -> Iterator[None]:
 
 
 @contextmanager
+def whole_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, a model sharded with FSDP2 holds its whole parameters on every process (no-op otherwise).
+
+    A sharded forward pass gathers each block's parameters from every process, so each process would have to run as
+    many forward passes as the others; while sampling and reading log-probs, processes have unequal shares of a
+    stage (and generation stops when a process's own completions end). With the parameters gathered once, each
+    runs what it has; they are sharded again afterwards.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    if not sharded:
+        yield
+        return
+    # Whether each module reshards after its forward pass: its FSDP state keeps a mesh for that only when it does.
+    reshards = [
+        getattr(module._get_fsdp_state()._fsdp_param_group, "post_forward_mesh_info", True) is not None
+        for module in sharded
+    ]
+    for module in sharded:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module, reshard in zip(sharded, reshards):
+            module.reshard()
+            module.set_reshard_after_forward(reshard, recurse=False)
+
+
+@contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """`model` in eval mode for the block (no dropout: generation, scoring, evaluation), then back in the mode it was
     in, since a trainer leaves its model in training mode."""

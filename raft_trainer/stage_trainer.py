@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, parse_flag_from_env
 from accelerate.utils.memory import clear_device_cache
 from datasets import Dataset
 from torch.utils.data import DataLoader
@@ -38,7 +38,7 @@ from .interruption import (
     largest,
     on_every_process,
 )
-from .memory import PhaseMemory, eval_mode, move_models
+from .memory import PhaseMemory, eval_mode, move_models, whole_parameters
 from .reporting.console import quiet_callbacks
 from .reporting.model_card import write_model_card
 from .reporting.sample_table import report_sample_table
@@ -101,10 +101,30 @@ class StageTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
         quiet_callbacks(self)  # each stage is printed once, by the stage table
         args.check_processes(self.accelerator.num_processes)
+        self._check_engines()
         self.phase_memory = PhaseMemory(self.accelerator.device)
         self.in_flight = InFlightFiles(args.output_dir, args.process_index)
         if not args.offload_inactive_models:
             move_models(reward_funcs, self.accelerator.device)
+
+    def _check_engines(self) -> None:
+        """An engine asked for (by the accelerate config or TrainingArguments) must be the one that runs: accelerate
+        applies FSDP only on accelerators, so with `use_cpu` it would train with plain data parallelism, unsaid."""
+        for engine, asked, applied in (
+            ("FSDP", bool(self.args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP"), self.is_fsdp_enabled),
+            (
+                "DeepSpeed",
+                bool(self.args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
+                self.is_deepspeed_enabled,
+            ),
+        ):
+            if asked and not applied:
+                raise ValueError(
+                    f"{engine} was asked for (accelerate config or TrainingArguments), but accelerate runs "
+                    f"{self.accelerator.distributed_type.value} and would train without it: accelerate applies "
+                    f"{engine} on GPUs (and other accelerators) only, not with use_cpu. Launch on GPUs, or with a "
+                    "data-parallel config (examples/accelerate_configs/multi_gpu.yaml) on CPUs."
+                )
 
     # ----------------------------------------------------------------------------------------------------------------
     # The stage cycle
@@ -123,16 +143,15 @@ class StageTrainer(Trainer):
             self.log({})  # their own training peak, before this stage's generation resets the counter
         memory = {}
         draw = self.draw_prompts(stage)
-        pool = self.gather_pool(self.generate_and_score(stage, draw, memory))
-        chosen = self.select(pool)
-        if not chosen.kept.any():
-            self.pass_over(stage, pool, chosen)
-        self.record_stage(stage, pool, chosen, memory)
-        pool.candidates["reward"] = (
-            pool.rewards.tolist()
-        )  # every candidate's reward, for trainers whose examples use it
-        kept_indices = chosen.kept.nonzero().view(-1).tolist()
-        examples = self.training_examples(pool.candidates, kept_indices) if kept_indices else []
+        with whole_parameters(self.model_wrapped):  # each process samples and reads log-probs of its own share
+            pool = self.gather_pool(self.generate_and_score(stage, draw, memory))
+            chosen = self.select(pool)
+            if not chosen.kept.any():
+                self.pass_over(stage, pool, chosen)
+            self.record_stage(stage, pool, chosen, memory)
+            pool.candidates["reward"] = pool.rewards.tolist()  # every candidate's, for examples that use it
+            kept_indices = chosen.kept.nonzero().view(-1).tolist()
+            examples = self.training_examples(pool.candidates, kept_indices) if kept_indices else []
         clear_device_cache()
         self.phase_memory.start()  # the training phase's peak joins the stage's log record
         return examples

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from transformers import AutoModelForCausalLM
 
 from raft_trainer.files import candidates_file_path, stage_file_path, stage_model_path
 from raft_trainer.stages.prompts import stage_prompt_indices
@@ -17,13 +18,19 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess", "raft_two_proce
 NUM_PROMPTS, PROMPTS_PER_STAGE, NUM_GENERATIONS = 6, 5, 3
 
 
-def launch_two_processes(output_dir: str, mode: str) -> None:
-    # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU and `use_cpu=True` the processes join
-    # over gloo (accelerate's `--cpu` launcher needs MPI for more than one process).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+def launch_two_processes(output_dir: str, mode: str, config_file: str | None = None, succeeds: bool = True) -> str:
+    """Runs SCRIPT in `mode` under `accelerate launch` with 2 CPU processes; returns its stderr."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is None:
+        # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU and `use_cpu=True` the processes join
+        # over gloo (accelerate's `--cpu` launcher needs MPI for more than one process).
+        command += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    else:
+        command += ["--config_file", config_file]
+    command += ["--dynamo_backend", "no"]
     result = subprocess.run([*command, SCRIPT, output_dir, mode], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == succeeds, result.stderr[-3000:]
+    return result.stderr
 
 
 def read_stage(output_dir: str, stage: int) -> list[dict]:
@@ -148,3 +155,30 @@ def test_shipped_accelerate_configs_load(name, distributed_type, zero_stage):
     config = load_config_from_file(path)
     assert config.distributed_type == distributed_type
     assert (config.deepspeed_config or {}).get("zero_stage") == zero_stage
+
+
+FSDP_CPU = os.path.join(os.path.dirname(__file__), "multiprocess", "fsdp_cpu.yaml")
+
+
+def test_raft_plus_plus_trains_sharded_under_fsdp2_as_under_ddp(tmp_path):
+    # RAFT++ with a KL loss: the sharded policy generates, reads its old log-probs, the reference its own, trains.
+    fsdp, ddp = str(tmp_path / "fsdp"), str(tmp_path / "ddp")
+    launch_two_processes(fsdp, "raft++", config_file=FSDP_CPU)
+    launch_two_processes(ddp, "raft++")
+    for rank in (0, 1):  # every parameter of the wrapped policy is a DTensor: sharded, not replicated
+        sharded, parameters = json.loads(open(os.path.join(fsdp, f"sharded_rank{rank}.json")).read())
+        assert sharded == parameters > 0
+    assert read_stage(fsdp, 0) == read_stage(ddp, 0)  # the same draw, samples and ranking before any update
+    weights = [torch.load(os.path.join(fsdp, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
+    reference = torch.load(os.path.join(ddp, "weights_rank0.pt"), weights_only=True)
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # sharded gradient sums may round differently from DDP's all-reduce, nothing more
+    assert all(torch.allclose(weights[0][name], reference[name], atol=1e-5) for name in reference)
+    assert int(open(os.path.join(fsdp, "steps_rank0.txt")).read()) > 0
+    saved = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "final"))
+    assert all(torch.equal(tensor, weights[0][name]) for name, tensor in saved.state_dict().items())
+
+
+def test_an_fsdp_config_that_accelerate_drops_on_cpus_is_refused(tmp_path):
+    stderr = launch_two_processes(str(tmp_path), "local", config_file=FSDP_CPU, succeeds=False)
+    assert "FSDP was asked for (accelerate config or TrainingArguments), but accelerate runs MULTI_CPU" in stderr

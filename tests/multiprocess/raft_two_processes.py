@@ -33,8 +33,11 @@ def one_right_answer(completions, **kwargs):
 
 def main(output_dir: str, mode: str) -> None:
     """`mode`: "local" or "global" ranking, "local+dataset" (local ranking with `EXPERT` as candidate dataset),
-    "phases" (stage 0 as three separate phases, local ranking), or "one_kept" (RAFT++ with a KL loss, each stage
-    keeping a single sample for the two processes)."""
+    "phases" (stage 0 as three separate phases, local ranking), "one_kept" (RAFT++ with a KL loss, each stage
+    keeping a single sample for the two processes), or "raft++" (RAFT++ with a KL loss; launched with
+    fsdp_cpu.yaml, under FSDP2: the sharded parameters counted, the model saved and its full weights gathered)."""
+    if mode == "raft++" and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        import fsdp_on_cpu  # noqa: F401  (accelerate takes the FSDP config on CPUs; beside this script)
     tokenizer = word_tokenizer(WORDS)
     torch.manual_seed(0)
     model = tiny_causal_lm(tokenizer, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -57,6 +60,8 @@ def main(output_dir: str, mode: str) -> None:
     )
     if mode == "one_kept":
         args = RAFTConfig(**{**args.to_dict(), "loss_type": "raft++", "kl_loss_coef": 0.1, "reward_threshold": 1.0})
+    if mode == "raft++":
+        args = RAFTConfig(**{**args.to_dict(), "loss_type": "raft++", "kl_loss_coef": 0.1})
     prompts = Dataset.from_dict({"prompt": PROMPTS})
     if mode == "phases":
         generate_phase(model, args, prompts, 0, processing_class=tokenizer)
@@ -84,11 +89,22 @@ def main(output_dir: str, mode: str) -> None:
     save_weights(trainer.model, output_dir, rank)
     with open(os.path.join(output_dir, f"steps_rank{rank}.txt"), "w") as file:
         file.write(str(trainer.state.global_step))
+    if mode == "raft++":
+        from torch.distributed.tensor import DTensor
+
+        parameters = list(trainer.model_wrapped.parameters())
+        with open(os.path.join(output_dir, f"sharded_rank{rank}.json"), "w") as file:
+            json.dump([sum(isinstance(p, DTensor) for p in parameters), len(parameters)], file)
+        trainer.save_model(os.path.join(output_dir, "final"))
 
 
 def save_weights(model, output_dir: str, rank: int) -> None:
+    from torch.distributed.tensor import DTensor
+
+    # A sharded parameter is gathered whole (every process takes part, in the same order).
+    state = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in model.state_dict().items()}
     torch.save(
-        {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        {name: tensor.detach().cpu() for name, tensor in state.items()},
         os.path.join(output_dir, f"weights_rank{rank}.pt"),
     )
 
