@@ -166,6 +166,9 @@ def run(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         print_evaluation(summary["eval"])
         print(f"Wrote {args.output_dir}/summary.json, reward_curve.png, the model and stages/.")
+    # Many processes end by leaving their process group together (with FSDP checkpoints over gloo, an exit without
+    # it aborts once everything is written).
+    trainer.accelerator.end_training()
     return summary
 
 

@@ -1,5 +1,5 @@
 """Memory of a RAFT stage: peaks per phase (and of the whole process), models that only visit the accelerator while
-they work, eval mode.
+they work, eval mode, whole parameters of a sharded policy, and the sharding engine that was asked for.
 
 RAFT's phases are decoupled, so only the model a phase uses needs the accelerator: reward models (and the KL
 reference) can wait on the CPU while the policy generates and trains.
@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from accelerate.utils import parse_flag_from_env
 from accelerate.utils.memory import clear_device_cache
+from transformers import Trainer
 
 
 def move_models(models, device: torch.device) -> None:
@@ -20,6 +22,27 @@ def move_models(models, device: torch.device) -> None:
     for model in models:
         if hasattr(model, "to"):
             model.to(device)
+
+
+def check_engines(trainer: Trainer) -> None:
+    """An engine asked for (by the accelerate config or TrainingArguments) must be the one that runs: accelerate
+    applies FSDP only on accelerators, so with `use_cpu` it would train with plain data parallelism, unsaid."""
+    for engine, asked, applied in (
+        ("FSDP", bool(trainer.args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP"), trainer.is_fsdp_enabled),
+        (
+            "DeepSpeed",
+            bool(trainer.args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
+            trainer.is_deepspeed_enabled,
+        ),
+    ):
+        if asked and not applied:
+            why = " (accelerate applies FSDP on GPUs and other accelerators only, not with use_cpu)"
+            raise ValueError(
+                f"{engine} was asked for (accelerate config or TrainingArguments), but accelerate runs "
+                f"{trainer.accelerator.distributed_type.value} and would train without it"
+                f"{why if engine == 'FSDP' else ''}. Launch on GPUs, or with a data-parallel config "
+                "(examples/accelerate_configs/multi_gpu.yaml) on CPUs."
+            )
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from .files import (
     write_json,
     write_stage_file,
 )
-from .memory import move_models
+from .memory import check_engines, move_models
 from .models import resolve_model_name
 from .raft_config import RAFTConfig
 from .rewards import as_reward_functions, reward_function_name
@@ -238,6 +238,7 @@ def finetune_phase(model: str | PreTrainedModel, args: RAFTConfig, stage: int, p
         data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    check_engines(trainer)
     trainer.train()
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the phase's loss log, beside the model

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import torch
-from accelerate.utils import gather_object, parse_flag_from_env
+from accelerate.utils import gather_object
 from accelerate.utils.memory import clear_device_cache
 from datasets import Dataset
 from torch.utils.data import DataLoader
@@ -38,7 +38,7 @@ from .interruption import (
     largest,
     on_every_process,
 )
-from .memory import PhaseMemory, eval_mode, move_models, whole_parameters
+from .memory import PhaseMemory, check_engines, eval_mode, move_models, whole_parameters
 from .reporting.console import quiet_callbacks
 from .reporting.model_card import write_model_card
 from .reporting.sample_table import report_sample_table
@@ -101,30 +101,11 @@ class StageTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
         quiet_callbacks(self)  # each stage is printed once, by the stage table
         args.check_processes(self.accelerator.num_processes)
-        self._check_engines()
+        check_engines(self)
         self.phase_memory = PhaseMemory(self.accelerator.device)
         self.in_flight = InFlightFiles(args.output_dir, args.process_index)
         if not args.offload_inactive_models:
             move_models(reward_funcs, self.accelerator.device)
-
-    def _check_engines(self) -> None:
-        """An engine asked for (by the accelerate config or TrainingArguments) must be the one that runs: accelerate
-        applies FSDP only on accelerators, so with `use_cpu` it would train with plain data parallelism, unsaid."""
-        for engine, asked, applied in (
-            ("FSDP", bool(self.args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP"), self.is_fsdp_enabled),
-            (
-                "DeepSpeed",
-                bool(self.args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
-                self.is_deepspeed_enabled,
-            ),
-        ):
-            if asked and not applied:
-                raise ValueError(
-                    f"{engine} was asked for (accelerate config or TrainingArguments), but accelerate runs "
-                    f"{self.accelerator.distributed_type.value} and would train without it: accelerate applies "
-                    f"{engine} on GPUs (and other accelerators) only, not with use_cpu. Launch on GPUs, or with a "
-                    "data-parallel config (examples/accelerate_configs/multi_gpu.yaml) on CPUs."
-                )
 
     # ----------------------------------------------------------------------------------------------------------------
     # The stage cycle

@@ -136,6 +136,31 @@ def test_two_processes_one_killed_or_stopped_the_other_stops_too_and_the_resumed
         assert [entered[rank, "generate", stage] for stage in range(3)] == [1, 1, 1]
 
 
+FSDP_PROCESSES = [*TWO_PROCESSES[:3], "--config_file", str(Path(__file__).parent / "multiprocess" / "fsdp_cpu.yaml")]
+FSDP_PROCESSES += ["--dynamo_backend", "no"]
+
+
+def test_under_fsdp2_a_run_killed_inside_a_stage_resumes_to_the_uninterrupted_run(tmp_path):
+    # RAFT++ with a KL loss, sharded over 2 CPU processes (tests/multiprocess/fsdp_on_cpu.py): the checkpoint holds
+    # the gathered model and the sharded optimizer's state; resumed from it, the run ends bit for bit as the one
+    # never stopped (Adam's moments reloaded, not started again), and no stage is generated twice.
+    reference = tmp_path / "reference" / "out"
+    finished(reference, "--raft_plus_plus", launcher=FSDP_PROCESSES)
+
+    output_dir = tmp_path / "crashed" / "out"
+    killed = run(output_dir, "--raft_plus_plus", "--resume", "--fault", "step:6@1", launcher=FSDP_PROCESSES)
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr
+    assert last_complete_checkpoint(str(output_dir)).endswith("checkpoint-4")  # stage 1 starts there
+    finished(output_dir, "--raft_plus_plus", "--resume", launcher=FSDP_PROCESSES)
+
+    assert_same_run(output_dir, reference)
+    weights, expected = (load_file(path / "final" / "model.safetensors") for path in (output_dir, reference))
+    assert all(torch.equal(weights[name], tensor) for name, tensor in expected.items())
+    entered = events(output_dir)
+    for rank in ("0", "1"):
+        assert [entered[rank, "generate", stage] for stage in range(3)] == [1, 1, 1]
+
+
 def test_sigterm_while_scoring_saves_a_checkpoint_and_the_resumed_run_neither_generates_nor_scores_again(
     make_model, tokenizer, prompts, make_args, tmp_path
 ):

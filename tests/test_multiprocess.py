@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from raft_trainer.files import candidates_file_path, stage_file_path, stage_model_path
@@ -18,8 +19,11 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess", "raft_two_proce
 NUM_PROMPTS, PROMPTS_PER_STAGE, NUM_GENERATIONS = 6, 5, 3
 
 
-def launch_two_processes(output_dir: str, mode: str, config_file: str | None = None, succeeds: bool = True) -> str:
-    """Runs SCRIPT in `mode` under `accelerate launch` with 2 CPU processes; returns its stderr."""
+def launch_two_processes(
+    output_dir: str, mode: str, config_file: str | None = None, succeeds: bool = True, fsdp_on_cpu: bool = False
+) -> str:
+    """Runs SCRIPT in `mode` under `accelerate launch` with 2 CPU processes; returns its stderr. With `fsdp_on_cpu`
+    (and FSDP_CPU as `config_file`) accelerate is made to take the FSDP config on CPUs (see fsdp_on_cpu.py)."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is None:
         # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU and `use_cpu=True` the processes join
@@ -28,7 +32,10 @@ def launch_two_processes(output_dir: str, mode: str, config_file: str | None = N
     else:
         command += ["--config_file", config_file]
     command += ["--dynamo_backend", "no"]
-    result = subprocess.run([*command, SCRIPT, output_dir, mode], capture_output=True, text=True, timeout=600)
+    environment = {**os.environ, "FSDP_ON_CPU": "1" if fsdp_on_cpu else "0"}
+    result = subprocess.run(
+        [*command, SCRIPT, output_dir, mode], capture_output=True, text=True, timeout=600, env=environment
+    )
     assert (result.returncode == 0) == succeeds, result.stderr[-3000:]
     return result.stderr
 
@@ -160,11 +167,13 @@ def test_shipped_accelerate_configs_load(name, distributed_type, zero_stage):
 FSDP_CPU = os.path.join(os.path.dirname(__file__), "multiprocess", "fsdp_cpu.yaml")
 
 
-def test_raft_plus_plus_trains_sharded_under_fsdp2_as_under_ddp(tmp_path):
-    # RAFT++ with a KL loss: the sharded policy generates, reads its old log-probs, the reference its own, trains.
+@pytest.mark.parametrize("mode", ["raft++", "lora"])
+def test_raft_plus_plus_trains_sharded_under_fsdp2_as_under_ddp(tmp_path, mode):
+    # RAFT++ with a KL loss: the sharded policy generates, reads its old log-probs, the reference its own (with
+    # LoRA: the policy with its adapter off), trains.
     fsdp, ddp = str(tmp_path / "fsdp"), str(tmp_path / "ddp")
-    launch_two_processes(fsdp, "raft++", config_file=FSDP_CPU)
-    launch_two_processes(ddp, "raft++")
+    launch_two_processes(fsdp, mode, config_file=FSDP_CPU, fsdp_on_cpu=True)
+    launch_two_processes(ddp, mode)
     for rank in (0, 1):  # every parameter of the wrapped policy is a DTensor: sharded, not replicated
         sharded, parameters = json.loads(open(os.path.join(fsdp, f"sharded_rank{rank}.json")).read())
         assert sharded == parameters > 0
@@ -175,10 +184,35 @@ def test_raft_plus_plus_trains_sharded_under_fsdp2_as_under_ddp(tmp_path):
     # sharded gradient sums may round differently from DDP's all-reduce, nothing more
     assert all(torch.allclose(weights[0][name], reference[name], atol=1e-5) for name in reference)
     assert int(open(os.path.join(fsdp, "steps_rank0.txt")).read()) > 0
-    saved = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "final"))
+    if mode == "lora":  # the adapter trained, and loads onto its base
+        assert all(tensor.abs().max() > 0 for name, tensor in weights[0].items() if "lora_B" in name)
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "base"))
+        saved = PeftModel.from_pretrained(base, os.path.join(fsdp, "final"))
+    else:
+        saved = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "final"))
     assert all(torch.equal(tensor, weights[0][name]) for name, tensor in saved.state_dict().items())
 
 
-def test_an_fsdp_config_that_accelerate_drops_on_cpus_is_refused(tmp_path):
-    stderr = launch_two_processes(str(tmp_path), "local", config_file=FSDP_CPU, succeeds=False)
+def test_the_phases_run_under_fsdp2_as_under_ddp(tmp_path):
+    # Each phase loads one model: generate and score hold it whole on every process, the finetune phase's Trainer
+    # shards it.
+    fsdp, ddp = str(tmp_path / "fsdp"), str(tmp_path / "ddp")
+    launch_two_processes(fsdp, "phases", config_file=FSDP_CPU, fsdp_on_cpu=True)
+    launch_two_processes(ddp, "phases")
+    for rank in (0, 1):
+        sharded, parameters = json.loads(open(os.path.join(fsdp, f"sharded_rank{rank}.json")).read())
+        assert sharded == parameters > 0
+    for path in (candidates_file_path, stage_file_path):
+        assert open(path(fsdp, 0), "rb").read() == open(path(ddp, 0), "rb").read()
+    weights = [torch.load(os.path.join(fsdp, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
+    reference = torch.load(os.path.join(ddp, "weights_rank0.pt"), weights_only=True)
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert all(torch.allclose(weights[0][name], reference[name], atol=1e-5) for name in reference)
+    saved = AutoModelForCausalLM.from_pretrained(stage_model_path(fsdp, 0))
+    assert all(torch.equal(tensor, weights[0][name]) for name, tensor in saved.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["local", "phases"])
+def test_an_fsdp_config_that_accelerate_drops_on_cpus_is_refused(tmp_path, mode):
+    stderr = launch_two_processes(str(tmp_path), mode, config_file=FSDP_CPU, succeeds=False)
     assert "FSDP was asked for (accelerate config or TrainingArguments), but accelerate runs MULTI_CPU" in stderr

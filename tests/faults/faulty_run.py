@@ -1,18 +1,20 @@
 """A tiny RAFT run that a fault-injection test kills where it says (tests/test_faults.py, benchmarks/).
 
-    python faulty_run.py OUTPUT_DIR [--fault PHASE:N[:SIGNAL][@RANK]] [--resume] [--num_stages 3]
+    python faulty_run.py OUTPUT_DIR [--fault PHASE:N[:SIGNAL][@RANK]] [--resume] [--num_stages 3] [--raft_plus_plus]
 
 PHASE:N is where the fault strikes: `generate:S`, `score:S` or `write:S` (while stage S generates, is scored, or has
 its stage file half written), `step:N` (inside optimizer step N, before its backward pass) or `checkpoint:N` (while
 checkpoint N is being saved, after its model and optimizer, before its random state and Trainer state). SIGNAL is
 KILL (default), TERM or INT, sent by the process to itself; @RANK limits the fault to one process. Every phase the
 run enters is appended to OUTPUT_DIR/../events.log as "<rank> <phase> <n>", for the test to count. The final
-weights go to OUTPUT_DIR/final.
+weights go to OUTPUT_DIR/final. `--raft_plus_plus` trains with RAFT++ and a KL loss (old and reference log-probs).
+Launched with tests/multiprocess/fsdp_cpu.yaml, the run is sharded with FSDP2 (tests/multiprocess/fsdp_on_cpu.py).
 """
 
 import argparse
 import os
 import signal
+import sys
 
 import torch
 from datasets import Dataset
@@ -26,6 +28,9 @@ WORDS = "apple banana cherry dog egg fish say something tell me a word please".s
 PROMPTS = ["say something", "tell me a word", "say a word please", "tell me something", "say a word", "tell me"]
 STEPS_PER_STAGE = 4  # 4 prompts kept a stage, 2 epochs in batches of 2
 RANK = int(os.environ.get("RANK", "0"))
+if os.environ.get("ACCELERATE_USE_FSDP") == "true":  # accelerate takes the FSDP config on CPUs
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "multiprocess"))
+    import fsdp_on_cpu  # noqa: F401
 
 
 def parse_fault(spec: str | None) -> tuple | None:
@@ -43,6 +48,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--num_stages", type=int, default=3)
+    parser.add_argument("--raft_plus_plus", action="store_true")
     options = parser.parse_args()
     fault = parse_fault(options.fault)
     events = os.path.join(os.path.dirname(os.path.abspath(options.output_dir)), "events.log")
@@ -109,11 +115,15 @@ def main() -> None:
         report_to="none",
         disable_tqdm=True,
         seed=0,
+        **({"loss_type": "raft++", "kl_loss_coef": 0.1} if options.raft_plus_plus else {}),
     )
     prompts = Dataset.from_dict({"prompt": PROMPTS})
     trainer = FaultyTrainer(model, share_of_apple, args=args, train_dataset=prompts, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=True if options.resume else None)
     trainer.save_model(os.path.join(options.output_dir, "final"))
+    # A script ends a run of many processes so (under FSDP, the gloo groups its checkpoints made would otherwise
+    # abort the exit: "terminate called without an active exception").
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 
 from raft_trainer import RAFTConfig, RAFTTrainer
 from raft_trainer.phases import finetune_phase, generate_phase, score_phase
@@ -34,9 +35,10 @@ def one_right_answer(completions, **kwargs):
 def main(output_dir: str, mode: str) -> None:
     """`mode`: "local" or "global" ranking, "local+dataset" (local ranking with `EXPERT` as candidate dataset),
     "phases" (stage 0 as three separate phases, local ranking), "one_kept" (RAFT++ with a KL loss, each stage
-    keeping a single sample for the two processes), or "raft++" (RAFT++ with a KL loss; launched with
-    fsdp_cpu.yaml, under FSDP2: the sharded parameters counted, the model saved and its full weights gathered)."""
-    if mode == "raft++" and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+    keeping a single sample for the two processes), "raft++" (RAFT++ with a KL loss, the model saved) or "lora" (the
+    same with a LoRA adapter, its base model saved first). Launched
+    with fsdp_cpu.yaml and FSDP_ON_CPU=1, the run is sharded with FSDP2 and the sharded parameters are counted."""
+    if os.environ.get("FSDP_ON_CPU") == "1":
         import fsdp_on_cpu  # noqa: F401  (accelerate takes the FSDP config on CPUs; beside this script)
     tokenizer = word_tokenizer(WORDS)
     torch.manual_seed(0)
@@ -60,14 +62,20 @@ def main(output_dir: str, mode: str) -> None:
     )
     if mode == "one_kept":
         args = RAFTConfig(**{**args.to_dict(), "loss_type": "raft++", "kl_loss_coef": 0.1, "reward_threshold": 1.0})
-    if mode == "raft++":
+    if mode in ("raft++", "lora"):
         args = RAFTConfig(**{**args.to_dict(), "loss_type": "raft++", "kl_loss_coef": 0.1})
+    peft_config = None
+    if mode == "lora":  # the KL reference is the policy with its adapter off
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+        if args.process_index == 0:
+            model.save_pretrained(os.path.join(output_dir, "base"))
     prompts = Dataset.from_dict({"prompt": PROMPTS})
     if mode == "phases":
         generate_phase(model, args, prompts, 0, processing_class=tokenizer)
         score_phase(share_of_apple, args, 0)
         finetune_phase(model, args, 0, processing_class=tokenizer)
         save_weights(model, output_dir, args.process_index)
+        count_sharded(model, output_dir, args.process_index)  # the finetune phase's Trainer shards it in place
         return
     trainer = RAFTTrainer(
         model,
@@ -76,6 +84,7 @@ def main(output_dir: str, mode: str) -> None:
         train_dataset=prompts,
         processing_class=tokenizer,
         candidate_dataset=Dataset.from_dict(EXPERT) if mode == "local+dataset" else None,
+        peft_config=peft_config,
     )
     reference_rows = []
     if trainer.ref_model is not None:  # which sequences this process's reference model read
@@ -89,13 +98,18 @@ def main(output_dir: str, mode: str) -> None:
     save_weights(trainer.model, output_dir, rank)
     with open(os.path.join(output_dir, f"steps_rank{rank}.txt"), "w") as file:
         file.write(str(trainer.state.global_step))
-    if mode == "raft++":
-        from torch.distributed.tensor import DTensor
-
-        parameters = list(trainer.model_wrapped.parameters())
-        with open(os.path.join(output_dir, f"sharded_rank{rank}.json"), "w") as file:
-            json.dump([sum(isinstance(p, DTensor) for p in parameters), len(parameters)], file)
+    if mode in ("raft++", "lora"):
+        count_sharded(trainer.model_wrapped, output_dir, rank)
         trainer.save_model(os.path.join(output_dir, "final"))
+
+
+def count_sharded(model, output_dir: str, rank: int) -> None:
+    """Write [parameters that are DTensors (sharded by FSDP2), parameters] for the test."""
+    from torch.distributed.tensor import DTensor
+
+    parameters = list(model.parameters())
+    with open(os.path.join(output_dir, f"sharded_rank{rank}.json"), "w") as file:
+        json.dump([sum(isinstance(p, DTensor) for p in parameters), len(parameters)], file)
 
 
 def save_weights(model, output_dir: str, rank: int) -> None:
