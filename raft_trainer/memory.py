@@ -7,6 +7,7 @@ reference) can wait on the CPU while the policy generates and trains.
 
 import os
 import resource
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +15,7 @@ import torch
 from accelerate.utils import parse_flag_from_env
 from accelerate.utils.memory import clear_device_cache
 from transformers import Trainer
+from trl.models import unwrap_model_for_generation
 
 
 def move_models(models, device: torch.device) -> None:
@@ -88,6 +90,23 @@ def whole_parameters(model: torch.nn.Module) -> Iterator[None]:
         for module, reshard in zip(sharded, reshards):
             module.reshard()
             module.set_reshard_after_forward(reshard, recurse=False)
+
+
+@contextmanager
+def policy_for_generation(model: torch.nn.Module, accelerator) -> Iterator[torch.nn.Module]:
+    """The policy unwrapped for sampling (DeepSpeed ZeRO-3 parameters gathered), by TRL's own
+    `unwrap_model_for_generation`.
+
+    TRL reads the model's gradient-checkpointing switches by their old names, which transformers 5 deprecates with a
+    FutureWarning at every call: a GRPO user would see three of them per stage, for nothing they can change. Those
+    (and only those) are silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning
+        )
+        with unwrap_model_for_generation(model, accelerator) as policy:
+            yield policy
 
 
 @contextmanager

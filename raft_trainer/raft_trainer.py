@@ -16,12 +16,11 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftConfig, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from trl.models import unwrap_model_for_generation
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from . import losses
 from .candidate_dataset import completions_by_prompt, prompt_key, prompts_with_completions
-from .memory import eval_mode, move_models, visiting
+from .memory import eval_mode, move_models, policy_for_generation, visiting
 from .metrics import distinct_n
 from .models import resolve_model_name
 from .raft_config import RAFTConfig, as_raft_config
@@ -333,7 +332,7 @@ class RAFTTrainer(StageTrainer):
                 self.vllm_generation, generation_prompt_ids, per_prompt, with_log_probs=True
             )
         elif self.candidate_model is None:
-            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
+            with policy_for_generation(self.model_wrapped, self.accelerator) as policy:
                 completion_ids = self.sample(policy, generation_prompt_ids)
         else:
             with visiting(self.candidate_model, self.accelerator.device, self.args.offload_inactive_models):
@@ -358,7 +357,7 @@ class RAFTTrainer(StageTrainer):
             Dataset.from_dict({"prompt": prompts}), self.processing_class, None, self.args.chat_template_kwargs
         )
         per_prompt = self.args.num_generations_eval or 1
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as policy:
+        with policy_for_generation(self.model_wrapped, self.accelerator) as policy:
             completion_ids = generate_completions(
                 policy,
                 prompt_ids,
