@@ -136,22 +136,24 @@ def test_two_processes_one_killed_or_stopped_the_other_stops_too_and_the_resumed
         assert [entered[rank, "generate", stage] for stage in range(3)] == [1, 1, 1]
 
 
-FSDP_PROCESSES = [*TWO_PROCESSES[:3], "--config_file", str(Path(__file__).parent / "multiprocess" / "fsdp_cpu.yaml")]
-FSDP_PROCESSES += ["--dynamo_backend", "no"]
+SHARDED_CONFIGS = Path(__file__).parent / "multiprocess"
 
 
-def test_under_fsdp2_a_run_killed_inside_a_stage_resumes_to_the_uninterrupted_run(tmp_path):
-    # RAFT++ with a KL loss, sharded over 2 CPU processes (tests/multiprocess/fsdp_on_cpu.py): the checkpoint holds
-    # the gathered model and the sharded optimizer's state; resumed from it, the run ends bit for bit as the one
-    # never stopped (Adam's moments reloaded, not started again), and no stage is generated twice.
+@pytest.mark.parametrize("config", ["fsdp_cpu.yaml", "deepspeed_zero3_cpu.yaml"])
+def test_a_sharded_run_killed_inside_a_stage_resumes_to_the_uninterrupted_run(tmp_path, config):
+    # RAFT++ with a KL loss over 2 CPU processes, sharded by FSDP2 (tests/multiprocess/fsdp_on_cpu.py) or partitioned
+    # by ZeRO-3: the checkpoint holds the gathered model and the sharded optimizer's state; resumed from it, the run
+    # ends bit for bit as the one never stopped (Adam's moments reloaded, not started again), and no stage is
+    # generated twice.
+    launcher = [*TWO_PROCESSES[:3], "--config_file", str(SHARDED_CONFIGS / config), "--dynamo_backend", "no"]
     reference = tmp_path / "reference" / "out"
-    finished(reference, "--raft_plus_plus", launcher=FSDP_PROCESSES)
+    finished(reference, "--raft_plus_plus", launcher=launcher)
 
     output_dir = tmp_path / "crashed" / "out"
-    killed = run(output_dir, "--raft_plus_plus", "--resume", "--fault", "step:6@1", launcher=FSDP_PROCESSES)
+    killed = run(output_dir, "--raft_plus_plus", "--resume", "--fault", "step:6@1", launcher=launcher)
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr
     assert last_complete_checkpoint(str(output_dir)).endswith("checkpoint-4")  # stage 1 starts there
-    finished(output_dir, "--raft_plus_plus", "--resume", launcher=FSDP_PROCESSES)
+    finished(output_dir, "--raft_plus_plus", "--resume", launcher=launcher)
 
     assert_same_run(output_dir, reference)
     weights, expected = (load_file(path / "final" / "model.safetensors") for path in (output_dir, reference))

@@ -167,29 +167,37 @@ def test_shipped_accelerate_configs_load(name, distributed_type, zero_stage):
 FSDP_CPU = os.path.join(os.path.dirname(__file__), "multiprocess", "fsdp_cpu.yaml")
 
 
+ZERO3_CPU = os.path.join(os.path.dirname(__file__), "multiprocess", "deepspeed_zero3_cpu.yaml")
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
 @pytest.mark.parametrize("mode", ["raft++", "lora"])
-def test_raft_plus_plus_trains_sharded_under_fsdp2_as_under_ddp(tmp_path, mode):
-    # RAFT++ with a KL loss: the sharded policy generates, reads its old log-probs, the reference its own (with
-    # LoRA: the policy with its adapter off), trains.
-    fsdp, ddp = str(tmp_path / "fsdp"), str(tmp_path / "ddp")
-    launch_two_processes(fsdp, mode, config_file=FSDP_CPU, fsdp_on_cpu=True)
+def test_raft_plus_plus_trains_sharded_as_under_ddp(tmp_path, mode, engine):
+    # RAFT++ with a KL loss: the sharded policy (FSDP2's DTensors, or ZeRO-3's partitions, gathered for generation
+    # by TRL's unwrap_model_for_generation) generates, reads its old log-probs, the reference its own (with LoRA:
+    # the policy with its adapter off), trains.
+    sharded_dir, ddp = str(tmp_path / engine), str(tmp_path / "ddp")
+    if engine == "fsdp2":
+        launch_two_processes(sharded_dir, mode, config_file=FSDP_CPU, fsdp_on_cpu=True)
+    else:
+        launch_two_processes(sharded_dir, mode, config_file=ZERO3_CPU)
     launch_two_processes(ddp, mode)
-    for rank in (0, 1):  # every parameter of the wrapped policy is a DTensor: sharded, not replicated
-        sharded, parameters = json.loads(open(os.path.join(fsdp, f"sharded_rank{rank}.json")).read())
+    for rank in (0, 1):  # every parameter of the wrapped policy is sharded, not replicated
+        sharded, parameters = json.loads(open(os.path.join(sharded_dir, f"sharded_rank{rank}.json")).read())
         assert sharded == parameters > 0
-    assert read_stage(fsdp, 0) == read_stage(ddp, 0)  # the same draw, samples and ranking before any update
-    weights = [torch.load(os.path.join(fsdp, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
+    assert read_stage(sharded_dir, 0) == read_stage(ddp, 0)  # the same draw, samples and ranking before any update
+    weights = [torch.load(os.path.join(sharded_dir, f"weights_rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
     reference = torch.load(os.path.join(ddp, "weights_rank0.pt"), weights_only=True)
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     # sharded gradient sums may round differently from DDP's all-reduce, nothing more
     assert all(torch.allclose(weights[0][name], reference[name], atol=1e-5) for name in reference)
-    assert int(open(os.path.join(fsdp, "steps_rank0.txt")).read()) > 0
+    assert int(open(os.path.join(sharded_dir, "steps_rank0.txt")).read()) > 0
     if mode == "lora":  # the adapter trained, and loads onto its base
         assert all(tensor.abs().max() > 0 for name, tensor in weights[0].items() if "lora_B" in name)
-        base = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "base"))
-        saved = PeftModel.from_pretrained(base, os.path.join(fsdp, "final"))
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(sharded_dir, "base"))
+        saved = PeftModel.from_pretrained(base, os.path.join(sharded_dir, "final"))
     else:
-        saved = AutoModelForCausalLM.from_pretrained(os.path.join(fsdp, "final"))
+        saved = AutoModelForCausalLM.from_pretrained(os.path.join(sharded_dir, "final"))
     assert all(torch.equal(tensor, weights[0][name]) for name, tensor in saved.state_dict().items())
 
 

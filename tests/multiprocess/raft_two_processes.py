@@ -104,19 +104,26 @@ def main(output_dir: str, mode: str) -> None:
 
 
 def count_sharded(model, output_dir: str, rank: int) -> None:
-    """Write [parameters that are DTensors (sharded by FSDP2), parameters] for the test."""
+    """Write [parameters sharded (DTensors of FSDP2, or partitioned by ZeRO-3), parameters] for the test."""
     from torch.distributed.tensor import DTensor
 
     parameters = list(model.parameters())
+    sharded = sum(isinstance(p, DTensor) or getattr(p, "ds_numel", 0) > p.numel() for p in parameters)
     with open(os.path.join(output_dir, f"sharded_rank{rank}.json"), "w") as file:
-        json.dump([sum(isinstance(p, DTensor) for p in parameters), len(parameters)], file)
+        json.dump([sharded, len(parameters)], file)
 
 
 def save_weights(model, output_dir: str, rank: int) -> None:
     from torch.distributed.tensor import DTensor
 
     # A sharded parameter is gathered whole (every process takes part, in the same order).
-    state = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in model.state_dict().items()}
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # ZeRO-3
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    else:
+        state = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in model.state_dict().items()}
     torch.save(
         {name: tensor.detach().cpu() for name, tensor in state.items()},
         os.path.join(output_dir, f"weights_rank{rank}.pt"),
