@@ -2,15 +2,19 @@
 
 The floor does the same work with nothing around it, stage after stage: plain `model.generate` of the same prompts
 (same batches, same sampling settings, same seed), one plain forward of the reward model over them, and the same
-number of plain AdamW steps on batches of the same size. The ratio RAFT / floor is RAFT's overhead: the Trainer
-(its one-time set-up included), ranking, stage files, logging. The same stages are also run as decoupled phases
-(`raft_trainer.phases`: generate, score and fine-tune each loading its model from disk and handing over files), whose
-ratio to RAFT is what decoupling costs. Repetitions alternate the three so that drift hits all.
+number of plain AdamW steps on each prompt's best sample, in batches of the same size. The ratio RAFT / floor is
+RAFT's overhead: the Trainer (its one-time set-up included), ranking, stage files, logging. The same stages are also
+run as decoupled phases (`raft_trainer.phases`: generate, score and fine-tune each loading its model from disk and
+handing over files), whose ratio to RAFT is what decoupling costs. Repetitions alternate the three so that drift
+hits all.
 
     python benchmarks/stage_overhead.py --repeats 5                  # 4 stages
     python benchmarks/stage_overhead.py --repeats 5 --num_stages 1   # the Trainer's one-time start weighs more
     python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 3 --num_stages 2
     python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 3 --num_stages 24 --prompts_per_stage 4
+    python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 2 --num_stages 8 --prompts_per_stage 12
+    python benchmarks/stage_overhead.py --model smollm2-135m-instruct --repeats 2 --num_stages 8 \
+        --prompts_per_stage 6 --num_generations 16
 
 With `--model smollm2-135m-instruct` the stages are the real model's on the arithmetic task (b=32, K=8, 16 new
 tokens, the exact-answer reward function, one epoch at batch 8, best of K kept), and the phases are left out.
@@ -89,17 +93,21 @@ def floor_seconds(models, prompts, num_stages: int) -> float:
         )
         if reward_model is None:  # a reward function of the completions and the prompts' answers
             texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-            models.reward(completions=texts, answer=[answers[drawn[i // k]] for i in range(len(texts))])
+            scores = models.reward(completions=texts, answer=[answers[drawn[i // k]] for i in range(len(texts))])
         else:
             texts = [
                 tokenizer.decode(stage_prompt_ids[i // k] + ids, skip_special_tokens=True) + tokenizer.eos_token
                 for i, ids in enumerate(completions)
             ]
+            scores = []
             with torch.no_grad():
                 for first in range(0, len(texts), STAGE["generation_batch_size"]):
                     batch = texts[first : first + STAGE["generation_batch_size"]]
-                    reward_model(**tokenizer(batch, padding=True, return_tensors="pt"))
-        examples = [sft_example(stage_prompt_ids[i], completions[i * k]) for i in range(b)]  # one per prompt
+                    scores += reward_model(**tokenizer(batch, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+        # Each prompt's best sample (the earliest on ties), as best of K keeps: both sides train on the same kind of
+        # samples, so their policies, and the lengths of what they sample next, stay alike.
+        best = [max(range(i * k, (i + 1) * k), key=lambda j: (scores[j], -j)) for i in range(b)]
+        examples = [sft_example(stage_prompt_ids[i], completions[j]) for i, j in enumerate(best)]
         policy.train()
         for _ in range(STAGE["epochs_per_stage"]):
             for first in range(0, b, batch_size):
