@@ -12,7 +12,10 @@ from .raft_config import RAFTConfig
 def check_vllm_settings(args: RAFTConfig) -> None:
     """Reject `use_vllm` where it cannot work, before any model loads."""
     if not is_vllm_available():
-        raise ValueError("use_vllm=True needs vLLM, which is not installed: `pip install vllm` (on a GPU machine).")
+        raise ValueError(
+            "use_vllm=True needs vLLM, which is not installed: `pip install vllm` on a GPU machine, or vLLM's CPU "
+            "build (docs/vllm.md)."
+        )
     if args.candidate_source == "dataset":
         raise ValueError("use_vllm=True with candidate_source='dataset': nothing is sampled; set use_vllm=False.")
     # Server mode, and tensor parallelism in colocate mode, gather the processes' prompts and cut the completions
@@ -48,6 +51,24 @@ def vllm_generation(model: PreTrainedModel, accelerator: Accelerator, tokenizer,
     )
 
 
+def push_weights(generation: VLLMGeneration) -> None:
+    """The policy's current weights into vLLM, by TRL's `sync_weights` (merged from PEFT, gathered from FSDP and
+    DeepSpeed), but for a colocated vLLM on CPUs.
+
+    TRL writes each tensor with the vLLM model's `load_weights`. vLLM's CPU build (which a colocated engine on a CPU
+    process is) repacks every linear layer's weight for its kernels once it has loaded and drops the original, which
+    `load_weights` then cannot write into ("'Parameter' object has no attribute 'weight_loader'"); there the weights
+    go through vLLM's in-place reload, which restores each layer as a checkpoint holds it, loads the tensors and packs
+    them again.
+    """
+    if generation.mode != "colocate" or generation.accelerator.device.type != "cpu":
+        generation.sync_weights()
+        return
+    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+    generation.llm.reset_prefix_cache()
+
+
 def sample_with_vllm(
     generation: VLLMGeneration,
     prompt_ids: list[list[int]],
@@ -59,7 +80,7 @@ def sample_with_vllm(
     model's current weights (which the last stage's fine-tuning changed). With `with_log_probs`, also vLLM's log-prob
     of each sampled token (None per completion where vLLM returned none), for the importance-sampling correction."""
     if sync_weights:
-        generation.sync_weights()
+        push_weights(generation)
     _, completion_ids, log_probs, _ = generation.generate(
         prompts=[ids for ids in prompt_ids for _ in range(per_prompt)], images=None, num_generations=per_prompt
     )

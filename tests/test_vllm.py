@@ -1,8 +1,9 @@
 """The vLLM backend's glue: what RAFTTrainer asks of TRL's `VLLMGeneration`, and when.
 
-vLLM itself needs a GPU, so a stand-in takes `VLLMGeneration`'s place here: these tests check that the trainer builds
-it from the config, pushes the current weights before every stage's sampling, asks for K samples of each drawn
-prompt and uses what comes back, and that it refuses `use_vllm` where it cannot work.
+vLLM is not a test dependency (its CPU build pins its own torch; benchmarks/vllm_cpu.py runs the real one), so a
+stand-in takes `VLLMGeneration`'s place here: these tests check that the trainer builds it from the config, pushes
+the current weights before every stage's sampling, asks for K samples of each drawn prompt and uses what comes back,
+and that it refuses `use_vllm` where it cannot work.
 """
 
 import json
@@ -22,14 +23,28 @@ from .helpers import read_stage, share_of_apple
 
 
 class StandInVLLMGeneration:
-    """Answers like TRL's `VLLMGeneration` in colocate mode (one completion per prompt entry) and records the calls."""
+    """Answers like TRL's `VLLMGeneration` in colocate mode (one completion per prompt entry) and records the calls:
+    "sync" for TRL's own weight push, "reload" for the in-place reload a colocated vLLM on CPUs takes them by, each
+    with the weights pushed."""
 
     def __init__(self, model, accelerator, processing_class, **settings):
         self.model, self.tokenizer, self.settings = model, processing_class, settings
+        self.mode, self.accelerator = settings.get("mode", "colocate"), accelerator
         self.calls = []
+        runner = SimpleNamespace(reload_weights=self.reload_weights)
+        engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+        self.llm = SimpleNamespace(llm_engine=engine, reset_prefix_cache=lambda: self.calls.append(("reset",)))
+
+    def _iter_named_params(self):
+        for name, parameter in self.model.named_parameters():
+            yield name, parameter.detach()
 
     def sync_weights(self):
         self.calls.append(("sync", {name: p.detach().clone() for name, p in self.model.named_parameters()}))
+
+    def reload_weights(self, weights_iterator, is_checkpoint_format):
+        assert is_checkpoint_format
+        self.calls.append(("reload", {name: tensor.clone() for name, tensor in weights_iterator}))
 
     def generate(self, prompts, images, num_generations):
         self.calls.append(("generate", prompts, num_generations))
@@ -93,10 +108,11 @@ def test_vllm_samples_each_stage_with_the_current_weights(stand_in_vllm, make_mo
     }
     trainer.train()
 
-    assert [call[0] for call in vllm.calls] == ["sync", "generate", "sync", "generate"]
-    first_weights, second_weights = vllm.calls[0][1], vllm.calls[2][1]
+    # On CPUs the colocated engine takes the weights by its in-place reload (push_weights), then forgets its cache.
+    assert [call[0] for call in vllm.calls] == ["reload", "reset", "generate", "reload", "reset", "generate"]
+    first_weights, second_weights = vllm.calls[0][1], vllm.calls[3][1]
     assert any(not torch.equal(first_weights[name], second_weights[name]) for name in first_weights)
-    for stage, (_, prompt_ids, num_generations) in enumerate([vllm.calls[1], vllm.calls[3]]):
+    for stage, (_, prompt_ids, num_generations) in enumerate([vllm.calls[2], vllm.calls[5]]):
         drawn = stage_prompt_indices(stage, 2, len(prompts), args.seed)
         assert num_generations == 4
         assert prompt_ids == [trainer.prompt_ids[i] for i in drawn for _ in range(4)]
@@ -109,9 +125,9 @@ def test_the_generate_phase_samples_with_vllm(stand_in_vllm, make_model, tokeniz
     args = make_args(use_vllm=True, prompts_per_stage=2, num_generations=4)
     generate_phase(make_model(), args, prompts, 1, processing_class=tokenizer)
     (engine,) = stand_in_vllm
-    assert [call[0] for call in engine.calls] == ["sync", "generate"]
+    assert [call[0] for call in engine.calls] == ["reload", "reset", "generate"]
     drawn = stage_prompt_indices(1, 2, len(prompts), args.seed)
-    assert engine.calls[1][1] == [tokenizer(prompts[i]["prompt"])["input_ids"] for i in drawn for _ in range(4)]
+    assert engine.calls[2][1] == [tokenizer(prompts[i]["prompt"])["input_ids"] for i in drawn for _ in range(4)]
     with open(candidates_file_path(args.output_dir, 1)) as file:
         rows = [json.loads(line) for line in file]
     assert [row["completion"] for row in rows] == ["apple apple", "dog", "apple fish", "egg"] * 2
@@ -123,6 +139,24 @@ def test_the_generate_phase_does_not_push_weights_vllm_loaded_itself(stand_in_vl
     generate_phase(policy_path, args, Dataset.from_dict({"prompt": prompts}), 0)
     (engine,) = stand_in_vllm
     assert [call[0] for call in engine.calls] == ["generate"]  # the policy came from the checkpoint vLLM loads
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "pushed_by"),
+    [("colocate", "cpu", "reload"), ("colocate", "cuda", "sync"), ("server", "cpu", "sync")],
+)
+def test_weights_reach_vllm_by_trls_push_or_on_cpus_by_vllms_in_place_reload(make_model, mode, device, pushed_by):
+    # vLLM's CPU build repacks linear weights after loading and drops the originals, so TRL's `load_weights` push
+    # cannot write them there: a colocated engine on a CPU takes the current weights through its reload.
+    model = make_model()
+    accelerator = SimpleNamespace(device=torch.device(device))
+    engine = StandInVLLMGeneration(model, accelerator, None, mode=mode)
+    vllm_sampling.push_weights(engine)
+    assert engine.calls[0][0] == pushed_by
+    weights = engine.calls[0][1]
+    assert weights.keys() == dict(model.named_parameters()).keys()
+    assert all(torch.equal(weights[name], p) for name, p in model.named_parameters())
+    assert [call[0] for call in engine.calls[1:]] == (["reset"] if pushed_by == "reload" else [])
 
 
 def test_vllm_is_refused_where_it_cannot_work(monkeypatch, make_model, tokenizer, prompts, make_args):
