@@ -165,14 +165,50 @@ def raft_run(model_dir, loss_type, output_dir, lr):
     trainer = Probe(model_dir, exact_answer_reward, args=args, train_dataset=data["train"])
     print(f"RAFTTrainer init (incl. vLLM engine) {time.perf_counter() - t0:.1f}s", flush=True)
     gen = trainer.vllm_generation
+    from vllm import SamplingParams
+
     import raft_trainer.vllm_sampling as vs
 
     original_push = vs.push_weights
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pad = trainer.processing_class.pad_token_id
+    prompts = [trainer.generation_prompt_ids[i] for i in range(4)]
+    with torch.no_grad():  # fixed sequences: 4 prompts with the checkpoint's greedy completions
+        sequences = [
+            p
+            + base.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=pad)[
+                0, len(p) :
+            ].tolist()
+            for p in prompts
+        ]
+
+    def log_prob_gaps():
+        """Mean |vLLM - model| of the fixed sequences' token log-probs, for the policy now and for the checkpoint."""
+        scored = gen.llm.generate(
+            [{"prompt_token_ids": q} for q in sequences],
+            SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0),
+            use_tqdm=False,
+        )
+        gaps = {"policy": [], "checkpoint": []}
+        was_training = policy.training
+        policy.eval()
+        with torch.no_grad():
+            for q, o in zip(sequences, scored):
+                v = torch.tensor([o.prompt_logprobs[i][q[i]].logprob for i in range(1, len(q))])
+                ids = torch.tensor([q])
+                for name, m in (("policy", policy), ("checkpoint", base)):
+                    lp = torch.log_softmax(m(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+                    gaps[name] += (v - lp).abs().tolist()
+        policy.train(was_training)
+        return {name: sum(g) / len(g) for name, g in gaps.items()}
 
     def checked_sync(generation=gen):
         t = time.perf_counter()
         original_push(generation)
-        checks["syncs"].append(dict(seconds=round(time.perf_counter() - t, 2)))
+        seconds = round(time.perf_counter() - t, 2)
+        checks["syncs"].append(dict(seconds=seconds, **log_prob_gaps()))
+        print(f"  push {len(checks['syncs'])}: {checks['syncs'][-1]}", flush=True)
 
     vs.push_weights = checked_sync
     t0 = time.perf_counter()
@@ -182,53 +218,25 @@ def raft_run(model_dir, loss_type, output_dir, lr):
     for r in stages:
         print("  stage record:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
 
-    # Greedy: vLLM (after a sync of the trained weights) vs transformers on the trained policy.
-    from vllm import SamplingParams
-
+    # Greedy: vLLM (after a push of the trained weights) vs transformers on the trained policy.
     checked_sync()
-    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
-    prompts = [trainer.generation_prompt_ids[i] for i in range(4)]
+    policy.eval()
     out = gen.llm.generate(
         [{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False
     )
     same = 0
     with torch.no_grad():
         for p, o in zip(prompts, out):
-            hf = policy.generate(
-                torch.tensor([p]),
-                do_sample=False,
-                max_new_tokens=16,
-                pad_token_id=trainer.processing_class.pad_token_id,
-            )[0, len(p) :].tolist()
+            hf = policy.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16, pad_token_id=pad)
+            hf = hf[0, len(p) :].tolist()
             v = list(o.outputs[0].token_ids)
             same += hf == v
             print(f"  greedy vLLM {trainer.processing_class.decode(v)!r} | HF {trainer.processing_class.decode(hf)!r}")
-    # vLLM's log-probs of fixed sequences (the prompts with their HF greedy completions) against the trained
-    # policy's and the checkpoint's: after the push they must be the trained policy's.
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    sequences = [
-        p
-        + policy.generate(
-            torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=trainer.processing_class.pad_token_id
-        )[0, len(p) :].tolist()
-        for p in prompts
-    ]
-    scored = gen.llm.generate(
-        [{"prompt_token_ids": q} for q in sequences],
-        SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0),
-        use_tqdm=False,
-    )
-    to_trained, to_base = [], []
-    with torch.no_grad():
-        for q, o in zip(sequences, scored):
-            v = torch.tensor([o.prompt_logprobs[i][q[i]].logprob for i in range(1, len(q))])
-            ids = torch.tensor([q])
-            for m, acc in ((policy, to_trained), (base, to_base)):
-                lp = torch.log_softmax(m(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
-                acc.append((v - lp).abs().max().item())
-    print(f"PROMPT-LOGPROBS max|vLLM - trained| = {max(to_trained):.3g}; max|vLLM - checkpoint| = {max(to_base):.3g}")
+    # After every push that follows an update, vLLM's log-probs are the trained policy's, not the checkpoint's.
+    assert len(stages) == 2, stages
+    for push in checks["syncs"][1:]:
+        assert push["policy"] < push["checkpoint"], checks["syncs"]
     # And the untrained checkpoint, to show training changed what vLLM samples with.
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         base_logits = base(torch.tensor([prompts[0]])).logits[0, -1]
         trained_logits = policy(torch.tensor([prompts[0]])).logits[0, -1]
