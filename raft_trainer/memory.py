@@ -98,7 +98,8 @@ def policy_for_generation(model: torch.nn.Module, accelerator) -> Iterator[torch
     `unwrap_model_for_generation`.
 
     TRL reads the model's gradient-checkpointing switches by their old names, which transformers 5 deprecates with a
-    FutureWarning at every call: a GRPO user would see three of them per stage, for nothing they can change. Those
+    FutureWarning at every call: a user would see one to three of them each time the policy samples, for nothing they
+    can change. Those
     (and only those) are silenced here.
     """
     with warnings.catch_warnings():
