@@ -198,3 +198,18 @@ def test_raft_train_resume_goes_on_from_the_crashed_stage(tmp_path, local_files,
     assert [stage["stage"] for stage in summary["stages"]] == [0, 1]
     assert sorted(p.name for p in (output_dir / "stages").iterdir()) == ["stage_000.jsonl", "stage_001.jsonl"]
     assert not (output_dir / "in_flight").exists()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_quiet_console_hides_deepspeeds_accelerator_notice(quiet):
+    # Installed (the suite trains under ZeRO-3), DeepSpeed announces on a CPU machine, at WARNING, that it falls back
+    # to the CPU, whenever the Trainer imports it: raft-train's console does not show that.
+    script = (
+        "from raft_trainer.reporting.console import quiet_dependencies\n"
+        f"{'quiet_dependencies()' if quiet else ''}\n"
+        "from deepspeed.accelerator import get_accelerator\n"
+        "get_accelerator()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("Setting accelerator to CPU" in result.stdout + result.stderr) is not quiet

@@ -34,5 +34,8 @@ def quiet_dependencies() -> None:
     transformers.logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
     for name in ("trl", "accelerate", "peft", "raft_trainer"):
         logging.getLogger(name).setLevel(logging.ERROR if name != "raft_trainer" else logging.WARNING)
+    # DeepSpeed sets its logger's level itself when the Trainer imports it ("Setting accelerator to CPU" on a CPU
+    # machine): a filter on the logger outlasts that.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
