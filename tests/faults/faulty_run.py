@@ -122,7 +122,9 @@ def main() -> None:
     trainer.train(resume_from_checkpoint=True if options.resume else None)
     trainer.save_model(os.path.join(options.output_dir, "final"))
     # A script ends a run of many processes so (under FSDP, the gloo groups its checkpoints made would otherwise
-    # abort the exit: "terminate called without an active exception").
+    # abort the exit: "terminate called without an active exception"). The barrier first: a process that tears its
+    # groups down while another still finishes the final save's collectives aborts that one (seen under ZeRO-3).
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
 
 
