@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raft_trainer.rewards.rules import exact_answer_reward, final_number
 from raft_trainer.tasks.accuracy import evaluate_accuracy
-from raft_trainer.tasks.arithmetic import LEVELS, arithmetic_dataset
+from raft_trainer.tasks.arithmetic import LEVELS, WORDINGS, arithmetic_dataset
 
 # A minimal chat template for the tiny word-level tokenizer of the `tokenizer` fixture.
 CHAT_TEMPLATE = (
@@ -83,6 +83,28 @@ def test_levels_ask_what_they_say():
         assert any(template in question for question in words)
 
 
+@pytest.mark.parametrize("level", ["sums", "two_digit"])
+def test_every_wording_asks_the_same_problems_in_its_own_words(level):
+    asked = {wording: arithmetic_dataset(level, num_train=40, num_test=20, wording=wording) for wording in WORDINGS}
+    for split in ("train", "test"):
+        answers = {wording: data[split]["answer"] for wording, data in asked.items()}
+        assert all(values == answers["question"] for values in answers.values())
+        texts = {wording: questions(data[split]) for wording, data in asked.items()}
+        for position in range(len(answers["question"])):
+            asked_here = {wording: texts[wording][position] for wording in WORDINGS}
+            assert len(set(asked_here.values())) == len(WORDINGS)  # each wording its own words...
+            operands = {tuple(re.findall(r"\d+", text)) for text in asked_here.values()}
+            assert len(operands) == 1  # ...for the same two numbers
+            a, b = map(int, operands.pop())
+            minus = "-" in asked_here["question"]
+            assert int(answers["question"][position]) == (a - b if minus else a + b)
+            assert ("take away" in asked_here["words"]) == minus and ("- " in asked_here["equation"]) == minus
+    for wording, (_, instruction) in WORDINGS.items():
+        assert all(text.endswith(instruction) for text in questions(asked[wording]["train"]))
+    boxed = arithmetic_dataset(level, num_train=1, num_test=1, boxed=True, wording="equation")["test"][0]
+    assert boxed["prompt"][0]["content"].endswith("= ? Put your final answer within \\boxed{}.")
+
+
 def test_boxed_asks_for_a_box():
     row = arithmetic_dataset("sums", num_train=1, num_test=1, boxed=True)["test"][0]
     assert row["prompt"][0]["content"].endswith("Put your final answer within \\boxed{}.")
@@ -96,6 +118,10 @@ def test_bad_arguments_name_the_fix():
         arithmetic_dataset("sums", num_train=301)
     with pytest.raises(ValueError, match="num_test"):
         arithmetic_dataset(num_test=-1)
+    with pytest.raises(ValueError, match="wording='plain'.*'imperative'"):
+        arithmetic_dataset(wording="plain")
+    with pytest.raises(ValueError, match="leave wording at 'question'"):
+        arithmetic_dataset("word_problems", wording="words")
 
 
 @pytest.mark.parametrize(

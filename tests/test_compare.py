@@ -90,6 +90,9 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(task="arithmetic", dataset_name="some/data"), "leave out dataset_name"),
         (dict(kept_per_prompt=0), "kept_per_prompt"),
         (dict(task="arithmetic", num_eval_prompts=200), "num_eval_prompts must be at most 150"),
+        (dict(task="arithmetic", wording="plain"), "wording must be one of"),
+        (dict(task="arithmetic", level="word_problems"), "level must be 'sums' or 'two_digit'"),
+        (dict(wording="words"), "need --task arithmetic"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -256,6 +259,19 @@ def test_the_verifiable_task_compares_the_raft_family_with_grpo_and_rloo_by_defa
     assert CompareArguments(task="arithmetic").methods == ["raft", "ppo", "grpo"]  # the dataclass stays plain...
     with pytest.raises(ValueError, match="leave ppo out"):
         compare(task="arithmetic", methods=["raft", "ppo"])  # ...and compare(task=...) starts from the task's
+
+
+def test_the_verifiable_task_asks_the_level_and_wording_given():
+    from raft_trainer.compare.task import verifiable_task
+    from raft_trainer.tasks.arithmetic import arithmetic_dataset
+
+    args = compare_cli.parse_args(["--task", "arithmetic", "--level", "two_digit", "--wording", "imperative"])
+    args.model_name_or_path = "some/policy"  # not loaded here
+    task = verifiable_task(args)
+    expected = arithmetic_dataset("two_digit", num_train=250, num_test=150, wording="imperative")
+    assert list(task.train_prompts["prompt"]) == list(expected["train"]["prompt"])
+    assert list(task.curve_prompts["prompt"]) + list(task.test_prompts["prompt"]) == list(expected["test"]["prompt"])
+    assert task.test_prompts[0]["prompt"][0]["content"].startswith("Compute ")
 
 
 def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_path, tmp_path):

@@ -59,6 +59,10 @@ class ArithmeticArguments:
         default=SMOLLM2, metadata={"help": f"The policy: {SMOLLM2!r} (the packaged model), a Hub id or a path."}
     )
     level: str = field(default="sums", metadata={"help": "'sums', 'two_digit' or 'word_problems'."})
+    wording: str = field(
+        default="question",
+        metadata={"help": "How sums are asked: 'question', 'imperative', 'equation' or 'words' (tasks/arithmetic)."},
+    )
     num_train_prompts: int = field(default=256, metadata={"help": "Training problems."})
     num_eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt for pass@K before/after."})
     num_stage_eval_prompts: int = field(
@@ -123,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
         quiet_dependencies()
     start = time.perf_counter()
     model = resolve_model_name(script_args.model_name_or_path, script_args.cache_dir)
-    data = arithmetic_dataset(script_args.level, num_train=script_args.num_train_prompts, seed=args.seed)
+    data = arithmetic_dataset(
+        script_args.level, num_train=script_args.num_train_prompts, seed=args.seed, wording=script_args.wording
+    )
     trainer = RAFTTrainer(
         model,
         exact_answer_reward,
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "model": script_args.model_name_or_path,
         "level": script_args.level,
+        "wording": script_args.wording,
         "loss_type": args.loss_type,
         "selection": "best of K" if script_args.best_of_k else "every distinct correct answer",
         "seed": args.seed,

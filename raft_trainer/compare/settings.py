@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from ..stage_config import require
+from ..tasks.arithmetic import WORDINGS
 
 METHODS = ("raft", "raft++", "reinforce_rej", "ppo", "grpo", "rloo")
 RAFT_FAMILY = ("raft", "raft++", "reinforce_rej")  # our RAFTTrainer, with loss_type = the method's name
@@ -60,6 +61,23 @@ class CompareArguments:
             "model named, adds two numbers; reward 1 for the exact answer, so the held-out reward is the "
             "accuracy). Sets its own defaults (docs/comparison.md).",
             "choices": list(TASKS),
+        },
+    )
+    level: str = field(
+        default="sums",
+        metadata={
+            "help": "With --task arithmetic: 'sums' (a + b, a and b in 1..20) or 'two_digit' (sums and differences "
+            "of two-digit numbers).",
+            "choices": ["sums", "two_digit"],
+        },
+    )
+    wording: str = field(
+        default="question",
+        metadata={
+            "help": "With --task arithmetic: how the problems are asked, 'question' ('What is 3 + 4? Reply with the "
+            "number only.'), 'imperative', 'equation' or 'words' (raft_trainer.tasks.arithmetic.WORDINGS); the "
+            "problems and splits are the same under every wording.",
+            "choices": ["question", "imperative", "equation", "words"],
         },
     )
     model_name_or_path: str | None = field(
@@ -247,6 +265,11 @@ class CompareArguments:
                 "reward_model_name_or_path.",
             )
             require(
+                self.level in ("sums", "two_digit"),
+                f"level must be 'sums' or 'two_digit' (got {self.level!r}).",
+            )
+            require(self.wording in WORDINGS, f"wording must be one of {list(WORDINGS)} (got {self.wording!r}).")
+            require(
                 self.num_eval_prompts <= 150,
                 f"num_eval_prompts must be at most 150 with task={self.task!r} (got {self.num_eval_prompts}): its "
                 "sums have 400 distinct problems, 250 of them for training.",
@@ -257,6 +280,10 @@ class CompareArguments:
                 "have; leave ppo out (benchmarks/real_scale_memory.py compares PPO's memory and time).",
             )
         else:
+            require(
+                (self.level, self.wording) == ("sums", "question"),
+                "level and wording choose the arithmetic problems: they need --task arithmetic.",
+            )
             require(
                 (self.model_name_or_path is None) == (self.reward_model_name_or_path is None)
                 and (self.model_name_or_path is None) == (self.dataset_name is None),

@@ -68,11 +68,16 @@ def load_task(args: CompareArguments) -> ComparisonTask:
 
 
 def verifiable_task(args: CompareArguments) -> ComparisonTask:
-    """The arithmetic task (`tasks/arithmetic.py`, sums of two numbers in 1..20): 250 training problems (drawn with
-    the run's seed), `num_eval_prompts` held-out ones (fixed for every seed), the exact final number as reward."""
+    """The arithmetic task (`tasks/arithmetic.py`, sums of two numbers in 1..20 or the `level` asked, in the
+    `wording` asked): 250 training problems (drawn with the run's seed), `num_eval_prompts` held-out ones (fixed for
+    every seed), the exact final number as reward."""
     args.model_name_or_path = resolve_model_name(args.model_name_or_path or SMOLLM2)
     data = arithmetic_dataset(
-        "sums", num_train=ARITHMETIC_TRAIN_PROMPTS, num_test=args.num_eval_prompts, seed=args.seed
+        args.level,
+        num_train=ARITHMETIC_TRAIN_PROMPTS,
+        num_test=args.num_eval_prompts,
+        seed=args.seed,
+        wording=args.wording,
     )
     held_out = data["test"].select_columns(["prompt", "answer"])  # the reward reads `answer`
     curve, test = split_held_out(held_out, args.num_curve_prompts)

@@ -8,12 +8,23 @@ split is drawn with `seed` from the problems not in it. A smaller `num_test` giv
 """
 
 import random
+import re
 from collections.abc import Callable
 
 from datasets import Dataset, DatasetDict
 
 ANSWER_INSTRUCTION = "Reply with the number only."
 BOXED_INSTRUCTION = "Put your final answer within \\boxed{}."
+# The same sums and differences asked in other words, so that a comparison's verdict is not one phrasing's: a
+# template of the operands and the operator (+ or -), and its own request for a bare number. "question" is the
+# levels' own wording. The problems, the splits and the answers are the same under every wording.
+WORDINGS = {
+    "question": ("What is {a} {op} {b}?", ANSWER_INSTRUCTION),
+    "imperative": ("Compute {a} {op} {b}.", "Give only the result."),
+    "equation": ("{a} {op} {b} = ?", "Answer with a single number."),
+    "words": ("{verb} {a} {preposition} {b}.", "Write just the number."),
+}
+WORDS = {"+": ("Add", "and"), "-": ("From", "take away")}
 
 NAMES = [("Tom", "he"), ("Mia", "she"), ("Sam", "he"), ("Lena", "she"), ("Omar", "he"), ("Ava", "she")]
 NAMES += [("Ben", "he"), ("Zoe", "she"), ("Ravi", "he"), ("Nora", "she")]
@@ -86,17 +97,30 @@ TEST_SEED = "raft-trainer arithmetic test split"  # fixed forever: changing it c
 
 
 def arithmetic_dataset(
-    level: str = "sums", num_train: int = 256, num_test: int = 100, seed: int = 0, boxed: bool = False
+    level: str = "sums",
+    num_train: int = 256,
+    num_test: int = 100,
+    seed: int = 0,
+    boxed: bool = False,
+    wording: str = "question",
 ) -> DatasetDict:
     """`train` and `test` splits of distinct arithmetic problems of `level` ("sums": a + b with a, b in 1..20;
     "two_digit": sums and differences of two-digit numbers; "word_problems": two-step word problems).
 
     The prompt asks for the number only, or with `boxed=True` for the final answer in `\\boxed{}` (for math_verify
     rewards such as TRL's `accuracy_reward`). No question is in both splits, and the test split does not depend on
-    `seed` or `num_train`.
+    `seed` or `num_train`. `wording` (a key of `WORDINGS`, for "sums" and "two_digit") asks the same problems in
+    other words, with its own request for the number (`boxed` replaces it).
     """
     if level not in LEVELS:
         raise ValueError(f"level={level!r} is not a known level: use one of {', '.join(map(repr, LEVELS))}.")
+    if wording not in WORDINGS:
+        raise ValueError(f"wording={wording!r} is not a known wording: use one of {', '.join(map(repr, WORDINGS))}.")
+    if wording != "question" and level == "word_problems":
+        raise ValueError(
+            f"wording={wording!r} rewords a sum or a difference; level 'word_problems' has its own words: leave "
+            "wording at 'question'."
+        )
     for name, value in (("num_train", num_train), ("num_test", num_test)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
@@ -110,13 +134,23 @@ def arithmetic_dataset(
     train = _distinct_problems(
         LEVELS[level], random.Random(f"train {level} {seed}"), num_train, exclude={q for q, _ in test}
     )
-    instruction = BOXED_INSTRUCTION if boxed else ANSWER_INSTRUCTION
+    if wording != "question":
+        train = [(reworded(question, wording), answer) for question, answer in train]
+        test = [(reworded(question, wording), answer) for question, answer in test]
+    instruction = BOXED_INSTRUCTION if boxed else WORDINGS[wording][1]
     return DatasetDict(
         {
             "train": _as_dataset(train, level, instruction),
             "test": _as_dataset(test, level, instruction),
         }
     )
+
+
+def reworded(question: str, wording: str) -> str:
+    """A "What is a + b?" question of the sums or two_digit level in `wording`'s words."""
+    a, op, b = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", question).groups()
+    verb, preposition = WORDS[op]  # "Add 12 and 7.", "From 57 take away 12."
+    return WORDINGS[wording][0].format(a=a, op=op, b=b, verb=verb, preposition=preposition)
 
 
 def _distinct_problems(
