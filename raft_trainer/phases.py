@@ -255,6 +255,11 @@ def check_phase_arguments(args: RAFTConfig, has_candidate_dataset: bool = False)
             "only; set candidate_source='model' without a candidate dataset (raft-train: drop "
             "--candidate_dataset_name), or use RAFTTrainer for candidates from a dataset."
         )
+    if args.sample_allocation != "uniform":
+        raise ValueError(
+            f"sample_allocation={args.sample_allocation!r}: its second draw depends on the first draw's rewards, and "
+            "the generate phase does not score; set sample_allocation='uniform', or use RAFTTrainer."
+        )
     if args.loss_type != "raft" or args.kl_loss_coef > 0:
         raise ValueError(
             f"loss_type={args.loss_type!r}, kl_loss_coef={args.kl_loss_coef}: the finetune phase trains with the SFT "

@@ -435,6 +435,12 @@ class RAFTConfig(StageConfig):
             f"candidate_source must be 'model', 'dataset' or 'both' (got {self.candidate_source!r}).",
         )
         require(
+            self.sample_allocation == "uniform" or self.candidate_source == "model",
+            f"sample_allocation={self.sample_allocation!r} shares out the model's samples, and "
+            f"candidate_source={self.candidate_source!r} adds a dataset's: set candidate_source='model' or "
+            "sample_allocation='uniform'.",
+        )
+        require(
             self.vllm_mode in ("colocate", "server"),
             f"vllm_mode must be 'colocate' or 'server' (got {self.vllm_mode!r}).",
         )

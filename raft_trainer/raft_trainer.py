@@ -38,6 +38,7 @@ from .sequences import (
     high_entropy_mask,
     left_padded,
     load_tokenizer,
+    output_layer_gradient_norms,
     per_token_log_probs,
     sampling_logits,
     sft_example,
@@ -268,8 +269,16 @@ class RAFTTrainer(StageTrainer):
     # Generation
     # ----------------------------------------------------------------------------------------------------------------
 
-    def generate(self, prompt_indices: list[int], prompts: list) -> TextCandidates:
-        return self.gathered_candidates(prompt_indices)
+    def generate(
+        self, prompt_indices: list[int], prompts: list, per_prompt: list[int] | None = None
+    ) -> TextCandidates:
+        return self.gathered_candidates(prompt_indices, per_prompt)
+
+    def gradient_norms(self, candidates: TextCandidates, indices: list[int]) -> list[float]:
+        """Each candidate's gradient norm of its completion's NLL on the policy's output layer (one forward)."""
+        policy = self.accelerator.unwrap_model(self.model)
+        examples = self.sft_examples(candidates, indices)
+        return output_layer_gradient_norms(policy, examples, self.data_collator, self.log_prob_batch_size)
 
     def scored_candidates(self, candidates: TextCandidates, columns: dict[str, list]) -> dict:
         scored = super().scored_candidates(candidates, columns)
@@ -300,13 +309,14 @@ class RAFTTrainer(StageTrainer):
             ]
         return scored
 
-    def gathered_candidates(self, prompt_indices: list[int]) -> TextCandidates:
-        """The policy's samples of the prompts, and their completions from the candidate dataset if there is one."""
+    def gathered_candidates(self, prompt_indices: list[int], per_prompt: list[int] | None = None) -> TextCandidates:
+        """The policy's samples of the prompts (`per_prompt[i]` of prompt i when given), and their completions from
+        the candidate dataset if there is one."""
         candidates = {"prompt_ids": [], "completion_ids": [], "completion": [], "truncated": [], "prompt_position": []}
         if self.vllm_generation is not None:
             candidates["sampling_log_probs"] = []
         if self.args.candidate_source != "dataset":
-            candidates = self.sampled_candidates(prompt_indices)
+            candidates = self.sampled_candidates(prompt_indices, per_prompt)
         if self.dataset_candidates is not None:
             candidates["source"] = ["model"] * len(candidates["prompt_position"])
             for position, index in enumerate(prompt_indices):
@@ -321,32 +331,37 @@ class RAFTTrainer(StageTrainer):
                         candidates["sampling_log_probs"].append(None)  # not sampled: no correction
         return candidates
 
-    def sampled_candidates(self, prompt_indices: list[int]) -> TextCandidates:
-        """`generations_per_prompt` completions of each prompt, sampled by the policy or the candidate model."""
-        per_prompt = self.args.generations_per_prompt
-        prompt_ids = [self.prompt_ids[i] for i in prompt_indices]
-        generation_prompt_ids = [self.generation_prompt_ids[i] for i in prompt_indices]
+    def sampled_candidates(self, prompt_indices: list[int], per_prompt: list[int] | None = None) -> TextCandidates:
+        """`generations_per_prompt` completions of each prompt (`per_prompt[i]` of prompt i when given), sampled by
+        the policy or the candidate model."""
+        counts = per_prompt or [self.args.generations_per_prompt] * len(prompt_indices)
+        prompt_of = each_prompt_repeated(len(prompt_indices), counts)
+        prompt_ids = [self.prompt_ids[prompt_indices[i]] for i in prompt_of]
+        if len(set(counts)) == 1:  # the same count for all: each prompt is sent once, with its number of samples
+            sent, samples_each = [self.generation_prompt_ids[i] for i in prompt_indices], counts[0]
+        else:  # each prompt once per sample
+            sent, samples_each = [self.generation_prompt_ids[prompt_indices[i]] for i in prompt_of], 1
         sampled = {}
         if self.vllm_generation is not None:
             completion_ids, sampled["sampling_log_probs"] = sample_with_vllm(
-                self.vllm_generation, generation_prompt_ids, per_prompt, with_log_probs=True
+                self.vllm_generation, sent, samples_each, with_log_probs=True
             )
         elif self.candidate_model is None:
             with policy_for_generation(self.model_wrapped, self.accelerator) as policy:
-                completion_ids = self.sample(policy, generation_prompt_ids)
+                completion_ids = self.sample(policy, sent, samples_each)
         else:
             with visiting(self.candidate_model, self.accelerator.device, self.args.offload_inactive_models):
-                completion_ids = self.sample(self.candidate_model, generation_prompt_ids)
+                completion_ids = self.sample(self.candidate_model, sent, samples_each)
         completions = self.candidate_tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         truncated = truncated_flags(completion_ids, self.generation_config.eos_token_id)
         if self.candidate_model is not None:
             completion_ids = self.policy_tokens(completions, completion_ids)
         return {
-            "prompt_ids": [ids for ids in prompt_ids for _ in range(per_prompt)],
+            "prompt_ids": prompt_ids,
             "completion_ids": completion_ids,
             "completion": completions,
             "truncated": truncated,
-            "prompt_position": each_prompt_repeated(len(prompt_indices), per_prompt),
+            "prompt_position": prompt_of,
             **sampled,
         }
 
@@ -379,12 +394,12 @@ class RAFTTrainer(StageTrainer):
         lengths = torch.tensor([len(ids) for ids in candidates["completion_ids"]], dtype=torch.float64)
         return {"completion_length": torch.cat(gather_object([lengths])).mean().item()}
 
-    def sample(self, model: PreTrainedModel, prompt_ids: list[list[int]]) -> list[list[int]]:
+    def sample(self, model: PreTrainedModel, prompt_ids: list[list[int]], per_prompt: int) -> list[list[int]]:
         return generate_completions(
             model,
             prompt_ids,
             self.generation_config,
-            self.args.generations_per_prompt,
+            per_prompt,
             self.args.generation_batch_size,
             show_progress=not self._quiet(),
             continuous_batching=self.args.continuous_batching,

@@ -221,3 +221,39 @@ def importance_sampling_weights(
     if mode.endswith("truncate"):
         return np.clip(ratios, low, high)
     return np.where((ratios < low) | (ratios > high), 0.0, ratios)
+
+
+def gvm_sample_sizes(accept_rates, grad_norms, budget: int, alpha: float = 1e-3, beta: float = 2.0) -> np.ndarray:
+    """GVM-RAFT's allocation (Yao et al. 2025, arXiv 2505.02391): prompt i's share of a budget of samples is
+    proportional to G_i / sqrt(p_i + alpha / p_i^(beta - 1)), where p_i is its acceptance rate and G_i the gradient
+    norm of its accepted samples, and 0 where p_i or G_i is 0 (an even split if every share is 0). The shares are made
+    whole numbers that add up to the budget by largest remainders: floors first, then one more each for the largest
+    fractional parts, the lower index first on ties."""
+    p, g = np.asarray(accept_rates, dtype=float), np.asarray(grad_norms, dtype=float)
+    shares = np.zeros_like(p)
+    solved = (p > 0) & (g > 0)
+    shares[solved] = g[solved] / np.sqrt(p[solved] + alpha / p[solved] ** (beta - 1))
+    if shares.sum() == 0:
+        shares = np.ones_like(p)
+    exact = budget * shares / shares.sum()
+    counts = np.floor(exact).astype(int)
+    remainders = exact - counts
+    for i in np.lexsort((np.arange(len(p)), -remainders))[: budget - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
+def output_layer_gradient_norm(hidden_states, logits, targets) -> float:
+    """The norm of the gradient of a completion's negative log-likelihood, -sum_t log softmax(W h_t)[y_t], with
+    respect to the output layer's weight W (logits = W h), built as the explicit matrix sum_t (softmax(W h_t) -
+    e_{y_t}) h_t^T. `hidden_states` [T, d] are the output layer's inputs at the completion's positions, `logits`
+    [T, V] its outputs there, `targets` [T] the completion's tokens."""
+    hidden_states, logits = np.asarray(hidden_states, dtype=float), np.asarray(logits, dtype=float)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    gradient = np.zeros((logits.shape[1], hidden_states.shape[1]))
+    for h, p, y in zip(hidden_states, probs, targets):
+        error = p.copy()
+        error[y] -= 1.0
+        gradient += np.outer(error, h)
+    return float(np.linalg.norm(gradient))

@@ -167,6 +167,36 @@ def per_token_log_probs(
     return log_probs, entropies
 
 
+@torch.no_grad()
+def output_layer_gradient_norms(
+    model: PreTrainedModel, examples: list[dict], collator, batch_size: int
+) -> list[float]:
+    """Each SFT example's gradient norm of its completion's negative log-likelihood with respect to the output
+    layer's weight W (logits = W h): the norm of sum_t a_t h_t^T with a_t = softmax(W h_t) - e_{y_t}, whose square is
+    sum_{t,s} (a_t . a_s)(h_t . h_s). One forward in eval mode and no backward: GVM-RAFT's gradient norm, measured on
+    the output layer (`reference.output_layer_gradient_norm` builds the matrix itself)."""
+    captured = {}
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.update(hidden=inputs[0]))
+    norms = []
+    try:
+        with eval_mode(model):
+            for start in range(0, len(examples), batch_size):
+                batch = collator(examples[start : start + batch_size])
+                batch = {name: tensor.to(model.device) for name, tensor in batch.items() if name in SEQUENCE_KEYS}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                labels = batch["labels"][:, 1:]
+                mask = (labels != -100).unsqueeze(-1).float()
+                errors = torch.softmax(logits[:, :-1].float(), dim=-1)
+                errors.scatter_add_(-1, labels.clamp(min=0).unsqueeze(-1), -torch.ones_like(mask))
+                errors, hidden = errors * mask, captured["hidden"][:, :-1].float() * mask
+                squared = (errors @ errors.transpose(1, 2)) * (hidden @ hidden.transpose(1, 2))
+                norms += squared.sum(dim=(1, 2)).clamp(min=0).sqrt().tolist()
+    finally:
+        hook.remove()
+    return norms
+
+
 def left_padded(completion_values: list[float], length: int) -> list[float]:
     """Per-completion-token values placed under the completion of a sequence of `length` tokens (0 before it)."""
     if len(completion_values) > length:

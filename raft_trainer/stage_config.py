@@ -91,6 +91,22 @@ class StageConfig(TrainingArguments):
             group was all right or all wrong) is passed over: logged with `num_kept` 0, its optimizer steps made
             without any update, so the learning-rate schedule and resume stay as planned. The run stops with an
             error when this many stages in a row keep nothing.
+
+        > Sample allocation
+
+        sample_allocation (`str`, *optional*, defaults to `"uniform"`):
+            How a stage's `prompts_per_stage x num_generations` candidates are shared among its prompts. `"uniform"`:
+            `num_generations` each. `"gvm"`: GVM-RAFT (Yao et al. 2025): a first draw of `gvm_first_draw` per prompt
+            measures each prompt's acceptance rate p (reward at least `reward_threshold`) and the mean gradient norm
+            G of its accepted candidates; the rest go to the prompts in proportion to G / sqrt(p + gvm_alpha /
+            p^(gvm_beta - 1)), none to a prompt with no accepted candidate (`stages/budget.py`). Both draws join
+            the stage's pool. Needs local ranking and `reward_threshold`; each process shares out its own prompts'
+            budget.
+        gvm_first_draw (`int` or `None`, *optional*, defaults to `None`):
+            Candidates per prompt in GVM's first draw, below `num_generations`; `None`: half of it.
+        gvm_alpha (`float`, *optional*, defaults to `1e-3`), gvm_beta (`float`, *optional*, defaults to `2.0`):
+            The allocation's alpha and beta (GVM's defaults): alpha / p^(beta - 1) keeps prompts that are rarely
+            solved from drawing a large share on a noisy estimate of p.
     """
 
     num_stages: int = field(default=4, metadata={"help": "T: number of generate, rank and fine-tune stages."})
@@ -138,6 +154,19 @@ class StageConfig(TrainingArguments):
     max_empty_stages: int = field(
         default=3, metadata={"help": "Stop with an error when this many stages in a row keep nothing."}
     )
+    sample_allocation: str = field(
+        default="uniform",
+        metadata={
+            "help": "'uniform': num_generations candidates per prompt; 'gvm': GVM-RAFT's two draws, the second "
+            "shared by acceptance rate and gradient norm.",
+            "choices": ["uniform", "gvm"],
+        },
+    )
+    gvm_first_draw: int | None = field(
+        default=None, metadata={"help": "GVM: candidates per prompt in the first draw (None: num_generations // 2)."}
+    )
+    gvm_alpha: float = field(default=1e-3, metadata={"help": "GVM: the alpha of G / sqrt(p + alpha / p^(beta-1))."})
+    gvm_beta: float = field(default=2.0, metadata={"help": "GVM: the beta of G / sqrt(p + alpha / p^(beta-1))."})
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log; 'epoch' logs once per RAFT stage."})
 
     def __post_init__(self):
@@ -169,12 +198,36 @@ class StageConfig(TrainingArguments):
         require(
             self.generation_batch_size >= 1, f"generation_batch_size must be >= 1 (got {self.generation_batch_size})."
         )
+        self.check_sample_allocation()
         require(
             self.max_steps in (-1, None),
             f"max_steps is not used by RAFT (got {self.max_steps}): set num_stages and the per-stage length instead.",
         )
         self.num_train_epochs = self.num_stages
         super().__post_init__()
+
+    def check_sample_allocation(self) -> None:
+        require(
+            self.sample_allocation in ("uniform", "gvm"),
+            f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",
+        )
+        if self.sample_allocation != "gvm":
+            return
+        require(
+            self.ranking == "local" and self.reward_threshold is not None,
+            "sample_allocation='gvm' shares a stage's samples among its prompts by their acceptance rates: it needs "
+            f"ranking='local' (got {self.ranking!r}) and a reward_threshold that accepts a candidate (got "
+            f"{self.reward_threshold}); with a 0/1 reward, reward_threshold=1.",
+        )
+        if self.gvm_first_draw is None:
+            self.gvm_first_draw = max(1, self.num_generations // 2)
+        require(
+            1 <= self.gvm_first_draw < self.num_generations,
+            f"gvm_first_draw must be at least 1 and below num_generations={self.num_generations} (got "
+            f"{self.gvm_first_draw}): the second draw shares out the rest of the prompt's num_generations.",
+        )
+        require(self.gvm_alpha > 0, f"gvm_alpha must be > 0 (got {self.gvm_alpha}).")
+        require(self.gvm_beta >= 1, f"gvm_beta must be >= 1 (got {self.gvm_beta}).")
 
     def check_processes(self, num_processes: int) -> None:
         """Every process generates for a share of the stage's draw, so there must be a prompt for each."""

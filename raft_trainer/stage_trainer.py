@@ -47,6 +47,7 @@ from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 from .stages import Candidates, Draw, Pool, Selection, mean_over_processes
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
+from .stages.budget import gvm_allocation, merged_prompt_major, prompt_statistics
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.prompts import contiguous_share, draw_prompts
 from .stages.scoring import RewardLog, reward_columns, reward_weight_tensor, score_candidates
@@ -242,9 +243,33 @@ class StageTrainer(Trainer):
     def _generated_candidates(self, draw: Draw) -> dict:
         """This process's candidates of its share of the draw, with the position in `draw.prompts` of each one's
         prompt (`prompt_of`)."""
-        candidates = self.generate(draw.prompt_indices, draw.prompts)
+        if self.args.sample_allocation == "gvm":
+            candidates = self.allocated_candidates(draw)
+        else:
+            candidates = self.generate(draw.prompt_indices, draw.prompts)
         clear_device_cache()  # generation's caches are not needed any more
         return {"candidates": candidates, "prompt_of": candidates.pop("prompt_position")}
+
+    def allocated_candidates(self, draw: Draw) -> Candidates:
+        """GVM-RAFT's stage budget (`stages/budget.py`): a first draw of `gvm_first_draw` candidates per prompt,
+        scored to measure each prompt's acceptance rate and its accepted candidates' gradient norms, then the rest of
+        the `num_generations` per prompt shared out by those, and both draws returned together, prompt by prompt."""
+        args, num_prompts = self.args, len(draw.prompts)
+        first = self.generate(draw.prompt_indices, draw.prompts, [args.gvm_first_draw] * num_prompts)
+        labelled = dict(first)  # the stage labels and scores the whole pool later; this scoring only measures
+        columns = draw.label(labelled, first["prompt_position"])
+        self.reward_log = RewardLog()
+        rewards, _ = self.score(labelled, columns)
+        accepted = rewards >= args.reward_threshold  # NaN (no reward) is not accepted
+        norms = torch.zeros(len(rewards))
+        measured = accepted.nonzero().view(-1).tolist()
+        if measured:
+            norms[measured] = torch.tensor(self.gradient_norms(first, measured), dtype=norms.dtype)
+        rates, mean_norms = prompt_statistics(first["prompt_position"], num_prompts, accepted, norms)
+        budget = num_prompts * (args.num_generations - args.gvm_first_draw)
+        counts = gvm_allocation(rates, mean_norms, budget, args.gvm_alpha, args.gvm_beta)
+        second = self.generate(draw.prompt_indices, draw.prompts, counts)
+        return merged_prompt_major(first, second)
 
     def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The candidates after the sample filter, their rewards (NaN where filtered out), per-function rewards,
@@ -660,10 +685,17 @@ class StageTrainer(Trainer):
     # What a subclass provides
     # ----------------------------------------------------------------------------------------------------------------
 
-    def generate(self, prompt_indices: list[int], prompts: list) -> Candidates:
-        """The candidates of `prompts` (`generations_per_prompt` each, or more), as per-candidate columns, with a
-        `prompt_position` column: the position in `prompts` of each candidate's prompt (see `each_prompt_repeated`)."""
+    def generate(self, prompt_indices: list[int], prompts: list, per_prompt: list[int] | None = None) -> Candidates:
+        """The candidates of `prompts` (`generations_per_prompt` each, or more; `per_prompt[i]` of prompt i when
+        given), as per-candidate columns, with a `prompt_position` column: the position in `prompts` of each
+        candidate's prompt (see `each_prompt_repeated`)."""
         raise NotImplementedError
+
+    def gradient_norms(self, candidates: Candidates, indices: list[int]) -> list[float]:
+        """The gradient norm of the fine-tuning loss of each candidate in `indices`, for `sample_allocation='gvm'`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not measure gradient norms for sample_allocation='gvm'."
+        )
 
     def reward_inputs(self, candidates: Candidates) -> dict:
         """The modality's reward keywords, e.g. `completions=` and `completion_ids=`, or `images=`."""

@@ -130,6 +130,11 @@ class DiffusionRAFTConfig(StageConfig):
     learning_rate: float = field(default=6e-6, metadata={"help": "Learning rate (the paper's 256x256 run: 6e-6)."})
 
     def __post_init__(self):
+        require(
+            self.sample_allocation == "uniform",
+            f"sample_allocation={self.sample_allocation!r} needs each candidate's gradient norm, which the diffusion "
+            "trainer does not measure: leave sample_allocation='uniform'.",
+        )
         for name in ("height", "width"):
             value = getattr(self, name)
             require(

@@ -43,9 +43,11 @@ def draw_prompts(
     return Draw(prompt_indices=prompt_indices, positions=positions, prompts=prompts, columns=rows)
 
 
-def each_prompt_repeated(num_prompts: int, per_prompt: int) -> list[int]:
-    """The `group` column of `per_prompt` candidates for each of `num_prompts` prompts, prompt-major."""
-    return [prompt for prompt in range(num_prompts) for _ in range(per_prompt)]
+def each_prompt_repeated(num_prompts: int, per_prompt: int | list[int]) -> list[int]:
+    """The `group` column of `per_prompt` candidates for each of `num_prompts` prompts (or `per_prompt[i]` for
+    prompt i), prompt-major."""
+    counts = [per_prompt] * num_prompts if isinstance(per_prompt, int) else per_prompt
+    return [prompt for prompt, count in zip(range(num_prompts), counts, strict=True) for _ in range(count)]
 
 
 def contiguous_share(items, process_index: int, num_processes: int):
