@@ -93,6 +93,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(task="arithmetic", wording="plain"), "wording must be one of"),
         (dict(task="arithmetic", level="word_problems"), "level must be 'sums' or 'two_digit'"),
         (dict(wording="words"), "need --task arithmetic"),
+        (dict(sample_allocation="gvm"), "give --reward_threshold"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -370,3 +371,25 @@ def test_a_curve_point_is_never_later_than_the_run_that_ends_right_after_it():
     counter(completions=["a"])
     curve.on_step_end(None, None, None)
     assert curve.points[-1]["seconds"] <= stopwatch.seconds()
+
+
+def test_the_raft_family_gets_the_sample_allocation_asked(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from raft_trainer.compare import methods
+    from raft_trainer.compare.methods import Run
+
+    class Built(Exception):
+        pass
+
+    def capture(policy, reward, args, **kwargs):
+        raise Built(args)
+
+    monkeypatch.setattr(methods, "RAFTTrainer", capture)
+    settings = compare_cli.parse_args(["--task", "arithmetic", "--sample_allocation", "gvm"])
+    task = SimpleNamespace(policy="some/policy", train_prompts=None)
+    run = Run("raft", "raft", 1e-5, settings, task, str(tmp_path))
+    with pytest.raises(Built) as built:
+        methods.train_raft(run, None, None, None)
+    args = built.value.args[0]
+    assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4

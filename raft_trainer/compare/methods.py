@@ -79,6 +79,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         epochs_per_stage=settings.epochs_per_stage,
         generation_batch_size=settings.generation_batch_size,
         reward_threshold=settings.reward_threshold,
+        sample_allocation=settings.sample_allocation,
         loss_type=run.method,
         **family_selection(run.method, settings),
     )

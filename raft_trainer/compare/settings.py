@@ -149,6 +149,14 @@ class CompareArguments:
         default=False,
         metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
     )
+    sample_allocation: str = field(
+        default="uniform",
+        metadata={
+            "help": "RAFT family: 'uniform' (num_generations per prompt) or 'gvm' (GVM-RAFT's allocation, at the "
+            "same completions; needs reward_threshold).",
+            "choices": ["uniform", "gvm"],
+        },
+    )
     generation_batch_size: int = field(
         default=256, metadata={"help": "Sequences per generate call for RAFT and for the evaluations."}
     )
@@ -253,6 +261,15 @@ class CompareArguments:
             f"({self.num_generations}): GRPO and RLOO update on whole groups.",
         )
         require(self.kept_per_prompt >= 1, f"kept_per_prompt must be >= 1 (got {self.kept_per_prompt}).")
+        require(
+            self.sample_allocation in ("uniform", "gvm"),
+            f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",
+        )
+        require(
+            self.sample_allocation == "uniform" or self.reward_threshold is not None,
+            "sample_allocation='gvm' shares samples out by each prompt's acceptance rate: give --reward_threshold "
+            "(1 with the arithmetic task's 0/1 reward, its default).",
+        )
         require(
             self.samples_per_stage is None or self.samples_per_stage >= 1,
             f"samples_per_stage must be >= 1 or None (got {self.samples_per_stage}).",
