@@ -393,3 +393,26 @@ def test_the_raft_family_gets_the_sample_allocation_asked(monkeypatch, tmp_path)
         methods.train_raft(run, None, None, None)
     args = built.value.args[0]
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
+
+
+def test_equal_wall_time_reads_each_curve_at_grpos_end():
+    from raft_trainer.compare.report import equal_time_lines
+
+    def curve(*points):
+        return {"curve": [{"completions": 32 * i, "seconds": s, "reward": r} for i, (s, r) in enumerate(points)]}
+
+    methods = {
+        "raft": curve((0, 0.1), (20, 0.3), (40, 0.6), (60, 0.7), (200, 0.9)),  # passes GRPO's 0.6 at 40 s of 100
+        "rloo": curve((0, 0.1), (80, 0.4), (150, 0.5)),  # never reaches it
+        "grpo": curve((0, 0.1), (50, 0.4), (100, 0.6)),
+    }
+    raft, rloo = equal_time_lines(methods)
+    assert raft == (
+        "raft at GRPO's training time (100 s): validation reward 0.700 after 96 completions; reached GRPO's final "
+        "0.600 at 40 s (x0.40 of its time)"
+    )
+    assert rloo == (
+        "rloo at GRPO's training time (100 s): validation reward 0.400 after 32 completions; never reached GRPO's "
+        "final 0.600"
+    )
+    assert equal_time_lines({"raft": methods["raft"]}) == []  # no GRPO in the comparison: nothing to read

@@ -58,6 +58,9 @@ def comparison_markdown(results: dict) -> str:
     ratios = target_ratios(finished_methods(results))
     if ratios:
         lines += ["", *[f"- {line}" for line in ratios]]
+    at_equal_time = equal_time_lines(finished_methods(results))
+    if at_equal_time:
+        lines += ["", *[f"- {line}" for line in at_equal_time]]
     failed = {name: row["failed"] for name, row in results["methods"].items() if "failed" in row}
     if failed:
         lines += ["", *[f"- **{name} failed** at every learning rate: {error}" for name, error in failed.items()]]
@@ -97,6 +100,31 @@ def target_ratios(methods: dict) -> list[str]:
             f"x{raft['peak_memory_mb'] / row['peak_memory_mb']:.2f}, wall time "
             f"x{raft['wall_seconds'] / row['wall_seconds']:.2f}, CPU time "
             f"x{raft['cpu_seconds'] / row['cpu_seconds']:.2f}"
+        )
+    return lines
+
+
+def equal_time_lines(methods: dict, baseline: str = "grpo") -> list[str]:
+    """Every method against `baseline` on the clock, read off the validation curves (training time, evaluations
+    excluded): its reward when the baseline's run ended, and when it first reached the baseline's final reward."""
+    if baseline not in methods:
+        return []
+    end = methods[baseline]["curve"][-1]
+    lines = []
+    for name, row in methods.items():
+        if name == baseline:
+            continue
+        by_then = [point for point in row["curve"] if point["seconds"] <= end["seconds"]]
+        reached = next((point for point in row["curve"] if point["reward"] >= end["reward"]), None)
+        when = (
+            f"reached {baseline.upper()}'s final {end['reward']:.3f} at {reached['seconds']:.0f} s "
+            f"(x{reached['seconds'] / end['seconds']:.2f} of its time)"
+            if reached is not None
+            else f"never reached {baseline.upper()}'s final {end['reward']:.3f}"
+        )
+        lines.append(
+            f"{name} at {baseline.upper()}'s training time ({end['seconds']:.0f} s): validation reward "
+            f"{by_then[-1]['reward']:.3f} after {by_then[-1]['completions']} completions; {when}"
         )
     return lines
 
