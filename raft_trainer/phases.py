@@ -255,6 +255,11 @@ def check_phase_arguments(args: RAFTConfig, has_candidate_dataset: bool = False)
             "only; set candidate_source='model' without a candidate dataset (raft-train: drop "
             "--candidate_dataset_name), or use RAFTTrainer for candidates from a dataset."
         )
+    if args.settled_prompt_weight is not None:
+        raise ValueError(
+            "settled_prompt_weight: the phases draw each stage's prompts on their own, without the earlier stages' "
+            "outcomes; drop settled_prompt_weight, or use RAFTTrainer."
+        )
     if args.sample_allocation != "uniform":
         raise ValueError(
             f"sample_allocation={args.sample_allocation!r}: its second draw depends on the first draw's rewards, and "

@@ -102,6 +102,11 @@ class StageConfig(TrainingArguments):
             p^(gvm_beta - 1)), none to a prompt with no accepted candidate (`stages/budget.py`). Both draws join
             the stage's pool. Needs local ranking and `reward_threshold`; each process shares out its own prompts'
             budget.
+        settled_prompt_weight (`float` or `None`, *optional*, defaults to `None`):
+            A curriculum: a prompt whose candidates were all accepted or all rejected (`reward_threshold`) the last
+            time it was drawn is drawn with this weight, against 1 for the others, so that a stage spends its samples
+            on prompts that still teach something. Each stage then draws its prompts at random by weight, without
+            repeats; `None`: no curriculum, every prompt once per pass over the dataset. Needs `reward_threshold`.
         gvm_first_draw (`int` or `None`, *optional*, defaults to `None`):
             Candidates per prompt in GVM's first draw, below `num_generations`; `None`: half of it.
         gvm_alpha (`float`, *optional*, defaults to `1e-3`), gvm_beta (`float`, *optional*, defaults to `2.0`):
@@ -162,6 +167,13 @@ class StageConfig(TrainingArguments):
             "choices": ["uniform", "gvm"],
         },
     )
+    settled_prompt_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Curriculum: the draw weight, against 1, of a prompt whose last draw was all accepted or all "
+            "rejected (None: no curriculum)."
+        },
+    )
     gvm_first_draw: int | None = field(
         default=None, metadata={"help": "GVM: candidates per prompt in the first draw (None: num_generations // 2)."}
     )
@@ -207,6 +219,13 @@ class StageConfig(TrainingArguments):
         super().__post_init__()
 
     def check_sample_allocation(self) -> None:
+        require(
+            self.settled_prompt_weight is None
+            or (0 < self.settled_prompt_weight <= 1 and self.reward_threshold is not None),
+            f"settled_prompt_weight must be in (0, 1] with a reward_threshold (got {self.settled_prompt_weight} and "
+            f"reward_threshold={self.reward_threshold}): a prompt is settled when all its candidates reach the "
+            "threshold or none does.",
+        )
         require(
             self.sample_allocation in ("uniform", "gvm"),
             f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",

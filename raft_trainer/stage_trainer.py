@@ -49,7 +49,13 @@ from .stages import Candidates, Draw, Pool, Selection, mean_over_processes
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
 from .stages.budget import gvm_allocation, merged_prompt_major, prompt_statistics
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
-from .stages.prompts import contiguous_share, draw_prompts
+from .stages.prompts import (
+    contiguous_share,
+    draw_prompts,
+    settle,
+    settled_from_stage_files,
+    settled_prompt_weights,
+)
 from .stages.scoring import RewardLog, reward_columns, reward_weight_tensor, score_candidates
 from .stages.selection import acceptance_metrics
 
@@ -92,6 +98,8 @@ class StageTrainer(Trainer):
         self._stage_in_flight: dict | None = None  # the running stage's kept set, saved with mid-stage checkpoints
         self._stage_to_resume: dict | None = None  # the same, read back from the checkpoint a run resumes from
         self._resume_in_flight = False  # whether the next stage may take its phases back from the in-flight files
+        self._settled: dict[int, bool] = {}  # settled_prompt_weight: each drawn prompt's last outcome, all or none
+        self._settled_through = 0  # the stages `_settled` holds; a resumed run rebuilds it from the stage files
         self._stop = StopRequest()
         if self.base_model_name is None:
             self.base_model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -102,6 +110,11 @@ class StageTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks, **trainer_kwargs)
         quiet_callbacks(self)  # each stage is printed once, by the stage table
         args.check_processes(self.accelerator.num_processes)
+        if args.settled_prompt_weight is not None and args.prompts_drawn_per_stage > len(train_dataset):
+            raise ValueError(
+                f"settled_prompt_weight draws a stage's {args.prompts_drawn_per_stage} prompts without repeats from "
+                f"a train_dataset of {len(train_dataset)}: lower prompts_per_stage, or drop settled_prompt_weight."
+            )
         check_engines(self)
         self.phase_memory = PhaseMemory(self.accelerator.device)
         self.in_flight = InFlightFiles(args.output_dir, args.process_index)
@@ -127,6 +140,11 @@ class StageTrainer(Trainer):
         draw = self.draw_prompts(stage)
         with whole_parameters(self.model_wrapped):  # each process samples and reads log-probs of its own share
             pool = self.gather_pool(self.generate_and_score(stage, draw, memory))
+            if self.args.settled_prompt_weight is not None:
+                settle(
+                    self._settled, pool.candidates["prompt_index"], pool.rewards.tolist(), self.args.reward_threshold
+                )
+                self._settled_through = stage + 1
             chosen = self.select(pool)
             if not chosen.kept.any():
                 self.pass_over(stage, pool, chosen)
@@ -139,8 +157,15 @@ class StageTrainer(Trainer):
         return examples
 
     def draw_prompts(self, stage: int) -> Draw:
-        """This process's share of the stage's draw of prompts (`stages/prompts.py`), with their dataset rows."""
+        """This process's share of the stage's draw of prompts (`stages/prompts.py`), with their dataset rows; with
+        `settled_prompt_weight`, prompts settled in their last draw (all right or all wrong) are drawn less."""
         args, accelerator = self.args, self.accelerator
+        weights = None
+        if args.settled_prompt_weight is not None:
+            if self._settled_through != stage:  # a resumed run: what the stages before knew, from their files
+                self._settled = settled_from_stage_files(args.output_dir, stage, args.reward_threshold)
+                self._settled_through = stage
+            weights = settled_prompt_weights(self._settled, len(self.train_dataset), args.settled_prompt_weight)
         return draw_prompts(
             stage,
             self.train_dataset,
@@ -149,6 +174,7 @@ class StageTrainer(Trainer):
             accelerator.process_index,
             accelerator.num_processes,
             args.shuffle_dataset,
+            weights,
         )
 
     def generate_and_score(self, stage: int, draw: Draw, memory: dict) -> dict:
@@ -230,6 +256,12 @@ class StageTrainer(Trainer):
             self.args.max_empty_stages,
             why,
         )
+
+    def _note_settled_prompts(self, stage: int, pool: Pool) -> None:
+        """`settled_prompt_weight`: remember which of the stage's prompts were all right or all wrong."""
+        if self.args.settled_prompt_weight is not None:
+            settle(self._settled, pool.candidates["prompt_index"], pool.rewards.tolist(), self.args.reward_threshold)
+            self._settled_through = stage + 1
 
     def _empty_stages_before(self, stage: int) -> int:
         """How many stages just before `stage` kept nothing, read off the log history (so a resumed run counts

@@ -94,6 +94,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(task="arithmetic", level="word_problems"), "level must be 'sums' or 'two_digit'"),
         (dict(wording="words"), "need --task arithmetic"),
         (dict(sample_allocation="gvm"), "give --reward_threshold"),
+        (dict(settled_prompt_weight=0.5), "settled_prompt_weight must be in"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -373,7 +374,7 @@ def test_a_curve_point_is_never_later_than_the_run_that_ends_right_after_it():
     assert curve.points[-1]["seconds"] <= stopwatch.seconds()
 
 
-def test_the_raft_family_gets_the_sample_allocation_asked(monkeypatch, tmp_path):
+def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from raft_trainer.compare import methods
@@ -386,13 +387,15 @@ def test_the_raft_family_gets_the_sample_allocation_asked(monkeypatch, tmp_path)
         raise Built(args)
 
     monkeypatch.setattr(methods, "RAFTTrainer", capture)
-    settings = compare_cli.parse_args(["--task", "arithmetic", "--sample_allocation", "gvm"])
+    argv = ["--task", "arithmetic", "--sample_allocation", "gvm", "--settled_prompt_weight", "0.25"]
+    settings = compare_cli.parse_args(argv)
     task = SimpleNamespace(policy="some/policy", train_prompts=None)
     run = Run("raft", "raft", 1e-5, settings, task, str(tmp_path))
     with pytest.raises(Built) as built:
         methods.train_raft(run, None, None, None)
     args = built.value.args[0]
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
+    assert args.settled_prompt_weight == 0.25
 
 
 def test_equal_wall_time_reads_each_curve_at_grpos_end():

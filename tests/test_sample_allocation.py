@@ -4,6 +4,7 @@ norms against autograd, and a stage that spends its budget as the allocation say
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from raft_trainer import RAFTConfig, RAFTTrainer, reference
@@ -11,8 +12,14 @@ from raft_trainer.diffusion import DiffusionRAFTConfig
 from raft_trainer.phases import check_phase_arguments
 from raft_trainer.sequences import output_layer_gradient_norms, sft_example
 from raft_trainer.stages.budget import gvm_allocation, merged_prompt_major, prompt_statistics
+from raft_trainer.stages.prompts import (
+    curriculum_prompt_indices,
+    settle,
+    settled_from_stage_files,
+    settled_prompt_weights,
+)
 
-from .helpers import read_stage
+from .helpers import NO_DROPOUT, check_two_stage_resume, read_stage
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -161,3 +168,76 @@ def test_gvm_defaults_its_first_draw_to_half_and_is_refused_where_it_cannot_run(
     with pytest.raises(ValueError, match="diffusion trainer does not measure"):
         DiffusionRAFTConfig(output_dir=str(tmp_path), sample_allocation="gvm", reward_threshold=1.0)
     assert RAFTConfig(output_dir=str(tmp_path)).sample_allocation == "uniform"  # off by default
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The curriculum: prompts settled in their last draw (all right or all wrong) are drawn less
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_settled_prompts_are_drawn_by_their_weight():
+    settled = {}
+    settle(settled, [0, 0, 1, 1, 2, 2], [1.0, 1.0, 0.0, float("nan"), 1.0, 0.0], threshold=1.0)
+    assert settled == {0: True, 1: True, 2: False}  # all right, all wrong (no reward is wrong), mixed
+    settle(settled, [0, 0], [1.0, 0.0], threshold=1.0)
+    assert settled[0] is False  # the last draw counts
+    weights = settled_prompt_weights(settled, 5, 0.1)
+    assert weights.tolist() == [1.0, 0.1, 1.0, 1.0, 1.0]  # not drawn yet: 1
+    draws = [curriculum_prompt_indices(stage, 2, weights, seed=0) for stage in range(2000)]
+    assert all(len(set(draw)) == 2 for draw in draws)  # no repeats within a stage
+    assert draws[7] == curriculum_prompt_indices(7, 2, weights, seed=0)  # a function of the stage and the weights
+    counts = np.bincount(np.concatenate(draws), minlength=5)
+    assert counts[1] < 0.2 * counts[[0, 2, 3, 4]].min()
+
+
+def test_a_curriculum_run_draws_settled_prompts_less_and_a_resumed_run_knows_them(make_model, tokenizer, make_args):
+    # Topic 'a' is always right and 'b' always wrong (settled once drawn); 'c' and 'd' are mixed, mostly.
+    prompts = Dataset.from_dict({"prompt": ["say something"] * 8, "topic": list("aabbccdd")})
+    args = make_args(num_stages=6, prompts_per_stage=2, reward_threshold=1.0, settled_prompt_weight=0.01)
+    trainer = RAFTTrainer(
+        make_model(), topic_a_always_b_never, args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    trainer.train()
+    drawn = [{row["prompt_index"] for row in read_stage(args, stage).to_list()} for stage in range(6)]
+    redrawn_settled = 0
+    for stage in range(1, 6):
+        known = settled_from_stage_files(args.output_dir, stage, 1.0)  # what the run knew when it drew the stage
+        redrawn_settled += sum(known.get(row, False) for row in drawn[stage])
+    assert redrawn_settled <= 1  # weight 0.01 against 1: a settled prompt is hardly ever drawn again (5 at weight 1)
+    # The stage files say what the run knew: a resumed run rebuilds it from them.
+    assert settled_from_stage_files(args.output_dir, 6, 1.0) == trainer._settled
+    drawn_rows = set().union(*drawn)
+    assert all(trainer._settled[row] for row in drawn_rows if prompts[row]["topic"] in ("a", "b"))
+
+
+def test_a_curriculum_run_resumes_to_the_uninterrupted_run(make_model, tokenizer, make_args, tmp_path):
+    prompts = Dataset.from_dict(
+        {"prompt": ["say something", "tell me", "say a word", "tell me a word"] * 2, "topic": list("abcdabcd")}
+    )
+
+    def make_trainer(reward, output_dir):
+        args = make_args(
+            output_dir=output_dir,
+            num_stages=2,
+            prompts_per_stage=2,
+            reward_threshold=1.0,
+            settled_prompt_weight=0.01,
+            save_strategy="steps",
+            save_steps=1,
+        )
+        model = make_model(**NO_DROPOUT)
+        return RAFTTrainer(model, reward, args=args, train_dataset=prompts, processing_class=tokenizer)
+
+    check_two_stage_resume(make_trainer, topic_a_always_b_never, tmp_path)
+
+
+def test_bad_curriculum_settings_name_the_fix(make_args, make_model, tokenizer, prompts):
+    with pytest.raises(ValueError, match="settled_prompt_weight must be in"):
+        make_args(settled_prompt_weight=0.5)  # no reward_threshold
+    with pytest.raises(ValueError, match="settled_prompt_weight must be in"):
+        make_args(settled_prompt_weight=0.0, reward_threshold=1.0)
+    args = make_args(settled_prompt_weight=0.5, reward_threshold=1.0, prompts_per_stage=5)
+    with pytest.raises(ValueError, match="lower prompts_per_stage"):
+        RAFTTrainer(make_model(), topic_a_always_b_never, args=args, train_dataset=prompts, processing_class=tokenizer)
+    with pytest.raises(ValueError, match="the phases draw each stage's prompts on their own"):
+        check_phase_arguments(make_args(settled_prompt_weight=0.5, reward_threshold=1.0))

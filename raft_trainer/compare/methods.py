@@ -80,6 +80,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         generation_batch_size=settings.generation_batch_size,
         reward_threshold=settings.reward_threshold,
         sample_allocation=settings.sample_allocation,
+        settled_prompt_weight=settings.settled_prompt_weight,
         loss_type=run.method,
         **family_selection(run.method, settings),
     )

@@ -149,6 +149,13 @@ class CompareArguments:
         default=False,
         metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
     )
+    settled_prompt_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT family: the curriculum's draw weight of a prompt all right or all wrong in its last draw "
+            "(None: none; needs reward_threshold)."
+        },
+    )
     sample_allocation: str = field(
         default="uniform",
         metadata={
@@ -264,6 +271,11 @@ class CompareArguments:
         require(
             self.sample_allocation in ("uniform", "gvm"),
             f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",
+        )
+        require(
+            self.settled_prompt_weight is None
+            or (0 < self.settled_prompt_weight <= 1 and self.reward_threshold is not None),
+            f"settled_prompt_weight must be in (0, 1] with --reward_threshold (got {self.settled_prompt_weight}).",
         )
         require(
             self.sample_allocation == "uniform" or self.reward_threshold is not None,

@@ -1,8 +1,13 @@
 """Which prompts a stage draws, how the processes share them, and what a prompt dataset must look like."""
 
+import json
+import math
+import os
+
 import numpy as np
 from datasets import Dataset
 
+from ..files import stage_file_path
 from . import Draw
 
 
@@ -24,6 +29,49 @@ def stage_prompt_indices(stage: int, count: int, dataset_size: int, seed: int, s
     return indices
 
 
+def curriculum_prompt_indices(stage: int, count: int, weights: np.ndarray, seed: int) -> list[int]:
+    """The dataset rows stage `stage` draws under a curriculum: `count` distinct rows, each drawn with probability
+    in proportion to its weight (`settled_prompt_weights`). A pure function of the stage and the weights."""
+    rng = np.random.default_rng([seed, stage, len(weights)])
+    return [int(i) for i in rng.choice(len(weights), size=count, replace=False, p=weights / weights.sum())]
+
+
+def settled_prompt_weights(settled: dict[int, bool], dataset_size: int, settled_weight: float) -> np.ndarray:
+    """A weight for each dataset row: `settled_weight` for a prompt whose candidates were all accepted or all
+    rejected the last time it was drawn (`settled[row]`), 1 for the others and for prompts not drawn yet."""
+    weights = np.ones(dataset_size)
+    for row, is_settled in settled.items():
+        if is_settled:
+            weights[row] = settled_weight
+    return weights
+
+
+def settle(settled: dict[int, bool], prompt_indices: list[int], rewards: list[float], threshold: float) -> None:
+    """Record in `settled` whether each prompt drawn was settled: all its candidates accepted (reward at least
+    `threshold`), or none (a missing reward counts as not accepted). Its last draw replaces earlier ones."""
+    accepted: dict[int, set[bool]] = {}
+    for row, reward in zip(prompt_indices, rewards, strict=True):
+        accepted.setdefault(row, set()).add(not math.isnan(reward) and reward >= threshold)
+    settled.update({row: len(outcomes) == 1 for row, outcomes in accepted.items()})
+
+
+def settled_from_stage_files(output_dir: str, stages: int, threshold: float) -> dict[int, bool]:
+    """`settle` over the stage files of stages 0 to `stages - 1`, in order: what a resumed run knew of its prompts."""
+    settled: dict[int, bool] = {}
+    for stage in range(stages):
+        path = stage_file_path(output_dir, stage)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{path} is missing: settled_prompt_weight reads the prompts' last outcomes from the stage files of a "
+                "resumed run; resume in the output_dir that holds them, or drop settled_prompt_weight."
+            )
+        with open(path, encoding="utf-8") as file:
+            rows = [json.loads(line) for line in file if line.strip()]
+        reward = [math.nan if row["reward"] is None else row["reward"] for row in rows]
+        settle(settled, [row["prompt_index"] for row in rows], reward, threshold)
+    return settled
+
+
 def draw_prompts(
     stage: int,
     dataset: Dataset,
@@ -32,10 +80,15 @@ def draw_prompts(
     process_index: int,
     num_processes: int,
     shuffle: bool = True,
+    weights: np.ndarray | None = None,
 ) -> Draw:
     """Process `process_index`'s contiguous share of stage `stage`'s draw of `count` prompts from `dataset`, with
-    their dataset rows (read once: the prompts and the other columns). The same for a trainer and for the phases."""
-    stage_indices = stage_prompt_indices(stage, count, len(dataset), seed, shuffle)
+    their dataset rows (read once: the prompts and the other columns). The same for a trainer and for the phases.
+    With `weights` (a curriculum), the draw is `curriculum_prompt_indices`'."""
+    if weights is None:
+        stage_indices = stage_prompt_indices(stage, count, len(dataset), seed, shuffle)
+    else:
+        stage_indices = curriculum_prompt_indices(stage, count, weights, seed)
     positions = contiguous_share(range(len(stage_indices)), process_index, num_processes)
     prompt_indices = [stage_indices[position] for position in positions]
     rows = dataset.select(prompt_indices).to_dict()
