@@ -95,6 +95,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(wording="words"), "need --task arithmetic"),
         (dict(sample_allocation="gvm"), "give --reward_threshold"),
         (dict(settled_prompt_weight=0.5), "settled_prompt_weight must be in"),
+        (dict(dual_clip=1.0), "dual_clip must be > 1"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -387,15 +388,27 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
         raise Built(args)
 
     monkeypatch.setattr(methods, "RAFTTrainer", capture)
-    argv = ["--task", "arithmetic", "--sample_allocation", "gvm", "--settled_prompt_weight", "0.25"]
+    argv = [
+        "--task",
+        "arithmetic",
+        "--sample_allocation",
+        "gvm",
+        "--settled_prompt_weight",
+        "0.25",
+        "--dual_clip",
+        "3",
+    ]
     settings = compare_cli.parse_args(argv)
     task = SimpleNamespace(policy="some/policy", train_prompts=None)
-    run = Run("raft", "raft", 1e-5, settings, task, str(tmp_path))
-    with pytest.raises(Built) as built:
-        methods.train_raft(run, None, None, None)
-    args = built.value.args[0]
+    built_args = {}
+    for method in ("raft", "reinforce_rej"):
+        with pytest.raises(Built) as built:
+            methods.train_raft(Run(method, method, 1e-5, settings, task, str(tmp_path)), None, None, None)
+        built_args[method] = built.value.args[0]
+    args = built_args["raft"]
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
     assert args.settled_prompt_weight == 0.25
+    assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
 
 
 def test_equal_wall_time_reads_each_curve_at_grpos_end():

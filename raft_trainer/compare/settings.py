@@ -149,6 +149,13 @@ class CompareArguments:
         default=False,
         metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
     )
+    dual_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT++ and Reinforce-Rej: cap a negative-advantage token's loss at -A * dual_clip (> 1; the "
+            "paper's Reinforce-Rej setting: 3.0; None: off)."
+        },
+    )
     settled_prompt_weight: float | None = field(
         default=None,
         metadata={
@@ -272,6 +279,7 @@ class CompareArguments:
             self.sample_allocation in ("uniform", "gvm"),
             f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",
         )
+        require(self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None (got {self.dual_clip}).")
         require(
             self.settled_prompt_weight is None
             or (0 < self.settled_prompt_weight <= 1 and self.reward_threshold is not None),
