@@ -103,6 +103,15 @@ def clipped_policy_loss(
     return loss, clip_fraction, ratio_mean
 
 
+def minus_group_mean(advantages: list[float], groups: list[int]) -> list[float]:
+    """Each advantage minus the mean of its group's (one prompt's samples): GRPO's centring, without its scaling."""
+    totals: dict[int, list[float]] = {}
+    for advantage, group in zip(advantages, groups, strict=True):
+        totals.setdefault(group, []).append(advantage)
+    means = {group: sum(values) / len(values) for group, values in totals.items()}
+    return [advantage - means[group] for advantage, group in zip(advantages, groups)]
+
+
 def importance_sampling_weights(
     log_probs: list[float],
     sampling_log_probs: list[float | None] | None,

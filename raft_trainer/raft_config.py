@@ -113,6 +113,11 @@ class RAFTConfig(StageConfig):
             The lower clipping bound of the ratio (TRL's name), for `"raft++"` and `"reinforce_rej"`; in [0, 1).
         epsilon_high (`float` or `None`, *optional*, defaults to `None`):
             The upper clipping bound (clip-higher: 0.28); `None` uses `epsilon`.
+        advantage_baseline (`str`, *optional*, defaults to `"none"`):
+            `"reinforce_rej"`: what is subtracted from a kept sample's advantage (its reward, or +1 / -1 with
+            `reward_threshold`). `"none"`: nothing, the paper's +1 / -1. `"group_mean"`: the mean advantage of its
+            prompt's kept samples (GRPO's centring without the scaling: TRL's `scale_rewards="none"`), so that a
+            prompt mostly right pushes its few wrong answers down harder than its right ones up.
         dual_clip (`float` or `None`, *optional*, defaults to `None`):
             Dual clip for `"raft++"` and `"reinforce_rej"`: a token with a negative advantage has its loss capped at
             -A * dual_clip, so a sample the stage's policy found unlikely cannot push the loss without bound
@@ -240,6 +245,13 @@ class RAFTConfig(StageConfig):
     )
     epsilon_high: float | None = field(
         default=None, metadata={"help": "Upper clipping bound of the ratio (None: epsilon; clip-higher: 0.28)."}
+    )
+    advantage_baseline: str = field(
+        default="none",
+        metadata={
+            "help": "reinforce_rej: subtract nothing ('none': +1 / -1) or the prompt's mean ('group_mean').",
+            "choices": ["none", "group_mean"],
+        },
     )
     dual_clip: float | None = field(
         default=None,
@@ -413,6 +425,16 @@ class RAFTConfig(StageConfig):
             "-A * dual_clip, above the clipped ratio's 1 + epsilon_high (Minimal-RL: 3.0).",
         )
         require(self.kl_loss_coef >= 0, f"kl_loss_coef must be >= 0 (got {self.kl_loss_coef}); 0 disables it.")
+        require(
+            self.advantage_baseline in ("none", "group_mean"),
+            f"advantage_baseline must be 'none' or 'group_mean' (got {self.advantage_baseline!r}).",
+        )
+        require(
+            self.advantage_baseline == "none" or self.loss_type == "reinforce_rej",
+            f"advantage_baseline={self.advantage_baseline!r} centres Reinforce-Rej's advantages; loss_type="
+            f"{self.loss_type!r} trains every kept sample with advantage 1: set loss_type='reinforce_rej' or "
+            "advantage_baseline='none'.",
+        )
         if self.loss_type == "reinforce_rej":
             require(
                 self.ranking == "local" and self.kept_per_prompt == 1,

@@ -482,9 +482,12 @@ class RAFTTrainer(StageTrainer):
         kept_indices = list(kept_indices)
         examples = self.sft_examples(candidates, kept_indices)
         if self.args.uses_policy_ratio:
-            for example, i in zip(examples, kept_indices):
+            advantages = [self.advantage(candidates["reward"][i]) for i in kept_indices]
+            if self.args.advantage_baseline == "group_mean":
+                advantages = losses.minus_group_mean(advantages, [candidates["group"][i] for i in kept_indices])
+            for example, i, advantage in zip(examples, kept_indices, advantages):
                 example["old_log_probs"] = left_padded(candidates["old_log_probs"][i], len(example["input_ids"]))
-                example["advantages"] = self.advantage(candidates["reward"][i])
+                example["advantages"] = advantage
                 if self.args.corrects_vllm_sampling:
                     weights = candidates["importance_weights"][i]
                     example["importance_weights"] = left_padded(weights, len(example["input_ids"]))

@@ -257,3 +257,18 @@ def output_layer_gradient_norm(hidden_states, logits, targets) -> float:
         error[y] -= 1.0
         gradient += np.outer(error, h)
     return float(np.linalg.norm(gradient))
+
+
+def reinforce_rej_advantages(
+    rewards_per_group: Sequence[Sequence[float]], threshold: float | None = None, baseline: str = "none"
+) -> list[list[float]]:
+    """Reinforce-Rej's advantages of the kept groups' samples (Xiong et al. 2025): the reward, or with `threshold`
+    +1 for an accepted and -1 for a rejected sample; with `baseline="group_mean"` minus the group's mean of them."""
+    advantages = []
+    for rewards in rewards_per_group:
+        values = np.asarray(
+            [reward if threshold is None else (1.0 if reward >= threshold else -1.0) for reward in rewards],
+            dtype=float,
+        )
+        advantages.append((values - values.mean() if baseline == "group_mean" else values).tolist())
+    return advantages

@@ -96,6 +96,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(sample_allocation="gvm"), "give --reward_threshold"),
         (dict(settled_prompt_weight=0.5), "settled_prompt_weight must be in"),
         (dict(dual_clip=1.0), "dual_clip must be > 1"),
+        (dict(advantage_baseline="mean"), "advantage_baseline must be"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -409,6 +410,7 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
     assert args.settled_prompt_weight == 0.25
     assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
+    assert args.advantage_baseline == "none" and built_args["reinforce_rej"].advantage_baseline == "group_mean"
 
 
 def test_equal_wall_time_reads_each_curve_at_grpos_end():

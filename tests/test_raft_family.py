@@ -134,6 +134,8 @@ def test_the_kl_loss_to_the_initial_model_joins_the_clipped_loss(make_model, tok
         (dict(loss_type="reinforce_rej", ranking="global"), "keeps every candidate"),
         (dict(epsilon=-0.1), "epsilon must be in"),
         (dict(kl_loss_coef=-1.0), "kl_loss_coef must be >= 0"),
+        (dict(loss_type="raft++", advantage_baseline="group_mean"), "set loss_type='reinforce_rej'"),
+        (dict(loss_type="reinforce_rej", advantage_baseline="mean"), "advantage_baseline must be"),
     ],
 )
 def test_bad_loss_settings_are_refused(tmp_path, overrides, message):
@@ -156,6 +158,30 @@ def test_reinforce_rej_with_a_threshold_trains_accepted_samples_up_and_rejected_
     kept = [row["reward"] for row in read_stage(args, 0) if row["selected"]]
     assert kept and set(kept) == {0.0, 1.0}  # mixed groups only, right and wrong answers both kept
     assert set(advantages) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("threshold", [0.5, None])
+def test_reinforce_rej_with_the_group_mean_baseline_trains_the_references_centred_advantages(
+    make_model, tokenizer, prompts, make_args, threshold
+):
+    def apple_count(completions, **kwargs):  # graded without a threshold, 0/1 through it
+        return [float(text.split().count("apple")) for text in completions]
+
+    args = family_args(make_args, "reinforce_rej", reward_threshold=threshold, advantage_baseline="group_mean")
+    args.per_device_train_batch_size, args.epochs_per_stage = 64, 1  # one step: every kept sample once
+    trainer = RAFTTrainer(
+        make_model(**NO_DROPOUT), apple_count, args=args, train_dataset=prompts, processing_class=tokenizer
+    )
+    advantages = record_advantages(trainer)
+    trainer.train()
+    groups = [[row["reward"] for row in group if row["selected"]] for group in by_prompt(read_stage(args, 0), 4)]
+    groups = [group for group in groups if group]
+    assert groups  # some prompts had answers with different rewards
+    expected = reference.reinforce_rej_advantages(groups, threshold, baseline="group_mean")
+    assert sorted(advantages) == pytest.approx(sorted(value for group in expected for value in group))
+    assert sum(advantages) == pytest.approx(0.0, abs=1e-6)  # centred within every prompt
+    plain = reference.reinforce_rej_advantages(groups, threshold)
+    assert sorted(advantages) != pytest.approx(sorted(value for group in plain for value in group))
 
 
 def test_with_gradient_accumulation_the_micro_batch_losses_add_up_to_the_step_token_mean(

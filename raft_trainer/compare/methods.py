@@ -82,6 +82,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         sample_allocation=settings.sample_allocation,
         settled_prompt_weight=settings.settled_prompt_weight,
         dual_clip=settings.dual_clip if run.method != "raft" else None,  # RAFT's SFT loss has no ratio to clip
+        advantage_baseline=settings.advantage_baseline if run.method == "reinforce_rej" else "none",
         loss_type=run.method,
         **family_selection(run.method, settings),
     )

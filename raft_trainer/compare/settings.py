@@ -149,6 +149,13 @@ class CompareArguments:
         default=False,
         metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
     )
+    advantage_baseline: str = field(
+        default="none",
+        metadata={
+            "help": "Reinforce-Rej: 'none' (+1 / -1) or 'group_mean' (minus the prompt's mean advantage).",
+            "choices": ["none", "group_mean"],
+        },
+    )
     dual_clip: float | None = field(
         default=None,
         metadata={
