@@ -398,6 +398,8 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
         "0.25",
         "--dual_clip",
         "3",
+        "--advantage_baseline",
+        "group_mean",
     ]
     settings = compare_cli.parse_args(argv)
     task = SimpleNamespace(policy="some/policy", train_prompts=None)

@@ -286,6 +286,10 @@ class CompareArguments:
             self.sample_allocation in ("uniform", "gvm"),
             f"sample_allocation must be 'uniform' or 'gvm' (got {self.sample_allocation!r}).",
         )
+        require(
+            self.advantage_baseline in ("none", "group_mean"),
+            f"advantage_baseline must be 'none' or 'group_mean' (got {self.advantage_baseline!r}).",
+        )
         require(self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None (got {self.dual_clip}).")
         require(
             self.settled_prompt_weight is None
