@@ -47,7 +47,7 @@ from .rewards import RewardFunction, reward_function_name
 from .stage_config import StageConfig
 from .stages import Candidates, Draw, Pool, Selection, mean_over_processes
 from .stages.batches import PASS_OVER, StageBatches, pass_over_batch
-from .stages.budget import gvm_allocation, merged_prompt_major, prompt_statistics
+from .stages.budget import gvm_allocation, merged_scored, prompt_statistics
 from .stages.in_flight import InFlightFiles, run_identity, set_random_state
 from .stages.prompts import (
     contiguous_share,
@@ -180,19 +180,23 @@ class StageTrainer(Trainer):
     def generate_and_score(self, stage: int, draw: Draw, memory: dict) -> dict:
         """This process's scored candidates of `draw` (`scored_candidates`' dict). Each phase's result goes to disk
         as it ends; a resumed run takes the finished ones back (`stages/in_flight.py`). `memory` receives each
-        phase's peak."""
+        phase's peak. With `sample_allocation='gvm'` the stage's two draws are each generated and scored
+        (`allocated_candidates`), and only the whole is kept in flight."""
         identity = self._stage_identity(stage)
         scored = self._resumed_in_flight(stage, "scored", identity)
         if scored is None:
-            generated = self._resumed_in_flight(stage, "generated", identity)
-            if generated is None:
-                with self.phase_memory.phase("generate", memory):
-                    generated = self._generated_candidates(draw)
-                self._save_in_flight(stage, "generated", identity, generated)
-            self._stop_at_phase_end()  # a signal received while generating takes effect here
-            columns = draw.label(generated["candidates"], generated["prompt_of"])
-            with self.phase_memory.phase("score", memory):
-                scored = self.scored_candidates(generated["candidates"], columns)
+            if self.args.sample_allocation == "gvm":
+                scored = self.allocated_candidates(draw, memory)
+            else:
+                generated = self._resumed_in_flight(stage, "generated", identity)
+                if generated is None:
+                    with self.phase_memory.phase("generate", memory):
+                        generated = self._generated_candidates(draw)
+                    self._save_in_flight(stage, "generated", identity, generated)
+                self._stop_at_phase_end()  # a signal received while generating takes effect here
+                columns = draw.label(generated["candidates"], generated["prompt_of"])
+                with self.phase_memory.phase("score", memory):
+                    scored = self.scored_candidates(generated["candidates"], columns)
             self._save_in_flight(stage, "scored", identity, scored)
             self.in_flight.remove(stage, "generated")
         self._stop_at_phase_end()
@@ -272,36 +276,44 @@ class StageTrainer(Trainer):
             count += 1
         return count
 
-    def _generated_candidates(self, draw: Draw) -> dict:
-        """This process's candidates of its share of the draw, with the position in `draw.prompts` of each one's
-        prompt (`prompt_of`)."""
-        if self.args.sample_allocation == "gvm":
-            candidates = self.allocated_candidates(draw)
-        else:
-            candidates = self.generate(draw.prompt_indices, draw.prompts)
+    def _generated_candidates(self, draw: Draw, per_prompt: list[int] | None = None) -> dict:
+        """This process's candidates of its share of the draw (`per_prompt[i]` of prompt i when given), with the
+        position in `draw.prompts` of each one's prompt (`prompt_of`)."""
+        candidates = self.generate(draw.prompt_indices, draw.prompts, per_prompt)
         clear_device_cache()  # generation's caches are not needed any more
         return {"candidates": candidates, "prompt_of": candidates.pop("prompt_position")}
 
-    def allocated_candidates(self, draw: Draw) -> Candidates:
+    def allocated_candidates(self, draw: Draw, memory: dict) -> dict:
         """GVM-RAFT's stage budget (`stages/budget.py`): a first draw of `gvm_first_draw` candidates per prompt,
-        scored to measure each prompt's acceptance rate and its accepted candidates' gradient norms, then the rest of
-        the `num_generations` per prompt shared out by those, and both draws returned together, prompt by prompt."""
+        generated and scored, gives each prompt's acceptance rate and its accepted candidates' gradient norms; the
+        rest of the `num_generations` per prompt are shared out by those, generated and scored; returns both draws'
+        scored candidates together, prompt by prompt (`scored_candidates`' dict). Each candidate is scored once."""
         args, num_prompts = self.args, len(draw.prompts)
-        first = self.generate(draw.prompt_indices, draw.prompts, [args.gvm_first_draw] * num_prompts)
-        labelled = dict(first)  # the stage labels and scores the whole pool later; this scoring only measures
-        columns = draw.label(labelled, first["prompt_position"])
-        self.reward_log = RewardLog()
-        rewards, _ = self.score(labelled, columns)
-        accepted = rewards >= args.reward_threshold  # NaN (no reward) is not accepted
-        norms = torch.zeros(len(rewards))
+        first = self._scored_draw(draw, [args.gvm_first_draw] * num_prompts, memory)
+        accepted = first["rewards"] >= args.reward_threshold  # NaN (no reward, filtered out) is not accepted
+        norms = torch.zeros(len(accepted))
         measured = accepted.nonzero().view(-1).tolist()
         if measured:
-            norms[measured] = torch.tensor(self.gradient_norms(first, measured), dtype=norms.dtype)
-        rates, mean_norms = prompt_statistics(first["prompt_position"], num_prompts, accepted, norms)
+            norms[measured] = torch.tensor(self.gradient_norms(first["candidates"], measured), dtype=norms.dtype)
+        local = {position: i for i, position in enumerate(draw.positions)}  # the draw's place -> this share's
+        prompt_of = [local[group] for group in first["candidates"]["group"]]
+        rates, mean_norms = prompt_statistics(prompt_of, num_prompts, accepted, norms)
         budget = num_prompts * (args.num_generations - args.gvm_first_draw)
         counts = gvm_allocation(rates, mean_norms, budget, args.gvm_alpha, args.gvm_beta)
-        second = self.generate(draw.prompt_indices, draw.prompts, counts)
-        return merged_prompt_major(first, second)
+        return merged_scored(first, self._scored_draw(draw, counts, memory))
+
+    def _scored_draw(self, draw: Draw, per_prompt: list[int], memory: dict) -> dict:
+        """One draw of `per_prompt[i]` candidates of each prompt, generated and scored; `memory` keeps each
+        phase's highest peak over the draws."""
+        peaks = {}
+        with self.phase_memory.phase("generate", peaks):
+            generated = self._generated_candidates(draw, per_prompt)
+        self._stop_at_phase_end()
+        columns = draw.label(generated["candidates"], generated["prompt_of"])
+        with self.phase_memory.phase("score", peaks):
+            scored = self.scored_candidates(generated["candidates"], columns)
+        memory.update({name: max(peak, memory.get(name, peak)) for name, peak in peaks.items()})
+        return scored
 
     def scored_candidates(self, candidates: Candidates, columns: dict[str, list]) -> dict:
         """The candidates after the sample filter, their rewards (NaN where filtered out), per-function rewards,

@@ -11,7 +11,7 @@ from raft_trainer import RAFTConfig, RAFTTrainer, reference
 from raft_trainer.diffusion import DiffusionRAFTConfig
 from raft_trainer.phases import check_phase_arguments
 from raft_trainer.sequences import output_layer_gradient_norms, sft_example
-from raft_trainer.stages.budget import gvm_allocation, merged_prompt_major, prompt_statistics
+from raft_trainer.stages.budget import gvm_allocation, merged_scored, prompt_statistics
 from raft_trainer.stages.prompts import (
     curriculum_prompt_indices,
     settle,
@@ -50,10 +50,19 @@ def test_prompt_statistics_and_the_merge_keep_each_prompts_candidates_together()
     norms = torch.tensor([2.0, 9.0, 9.0, 9.0, 1.0, 3.0])
     rates, mean_norms = prompt_statistics([0, 0, 1, 1, 2, 2], 3, accepted, norms)
     assert rates == [0.5, 0.0, 1.0] and mean_norms == [2.0, 0.0, 2.0]  # rejected candidates' norms are not counted
-    first = {"prompt_position": [0, 0, 1, 1], "completion": ["a", "b", "c", "d"]}
-    second = {"prompt_position": [0, 1, 1, 1], "completion": ["e", "f", "g", "h"]}
-    merged = merged_prompt_major(first, second)
-    assert merged == {"prompt_position": [0, 0, 0, 1, 1, 1, 1, 1], "completion": list("abecdfgh")}
+
+    def scored(groups, texts, rewards, metric):
+        tensors = {name: torch.tensor(rewards) for name in ("rewards", "scores")}
+        tensors |= {"rewards_per_func": torch.tensor(rewards)[:, None], "kept_by_filter": torch.ones(len(rewards)) > 0}
+        return {"candidates": {"group": groups, "completion": texts}, "reward_metrics": {"m": metric}, **tensors}
+
+    first = scored([5, 5, 6, 6], list("abcd"), [1.0, 0.0, 0.0, 0.0], metric=1.0)
+    second = scored([5, 6, 6, 6], list("efgh"), [1.0, 1.0, 0.0, 1.0], metric=3.0)
+    merged = merged_scored(first, second)
+    assert merged["candidates"] == {"group": [5, 5, 5, 6, 6, 6, 6, 6], "completion": list("abecdfgh")}
+    assert merged["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert merged["rewards_per_func"][:, 0].tolist() == merged["rewards"].tolist()
+    assert merged["reward_metrics"] == {"m": 2.0}  # averaged over the candidates
 
 
 def test_the_gradient_norms_are_the_output_layers_gradient_norms(tokenizer, make_model):
@@ -103,21 +112,26 @@ def test_a_gvm_stage_spends_its_budget_by_the_first_draws_acceptance_and_gradien
         gvm_first_draw=2,
         gvm_alpha=0.1,
     )
-    trainer = RAFTTrainer(
-        make_model(), topic_a_always_b_never, args=args, train_dataset=prompts, processing_class=tokenizer
-    )
+    scored_count = []
+
+    def counted(completions, **kwargs):
+        scored_count.append(len(completions))
+        return topic_a_always_b_never(completions, **kwargs)
+
+    trainer = RAFTTrainer(make_model(), counted, args=args, train_dataset=prompts, processing_class=tokenizer)
     measured = []
     gradient_norms = trainer.gradient_norms
 
     def spy(candidates, indices):
         norms = gradient_norms(candidates, indices)
-        measured.append((list(candidates["prompt_position"]), list(indices), norms))
+        measured.append((list(candidates["group"]), list(indices), norms))
         return norms
 
     trainer.gradient_norms = spy
     trainer.train()
     rows = read_stage(args, 0).to_list()
     assert len(rows) == 4 * 6  # the stage's budget, prompts x num_generations, whatever the allocation
+    assert scored_count == [8, 16]  # each candidate scored once: the first draw, then the second
     ((prompt_of, indices, norms),) = measured
     stage_prompts = [row["prompt_index"] for row in rows]
     order = list(dict.fromkeys(stage_prompts))  # the draw's prompts, in order: each prompt's candidates together

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from . import Candidates
+from . import Pool
 
 
 def prompt_statistics(
@@ -61,8 +61,24 @@ def largest_remainder(shares: list[float], total: int) -> list[int]:
     return counts
 
 
-def merged_prompt_major(first: Candidates, second: Candidates) -> Candidates:
-    """Two draws' candidates as one, each prompt's candidates together (the first draw's first), in prompt order."""
-    positions = first["prompt_position"] + second["prompt_position"]
-    order = sorted(range(len(positions)), key=lambda i: positions[i])  # stable: the first draw stays first
-    return {name: [(first[name] + second[name])[i] for i in order] for name in first}
+def merged_scored(first: dict, second: dict) -> dict:
+    """Two draws' scored candidates (`StageTrainer.scored_candidates`' dicts) as one, each prompt's candidates
+    together in the order of the stage's draw, the first draw's first; the reward functions' logged metrics are
+    averaged over the candidates."""
+    groups = first["candidates"]["group"] + second["candidates"]["group"]
+    order = sorted(range(len(groups)), key=groups.__getitem__)  # stable: the first draw stays first
+    candidates = {
+        name: [(first["candidates"][name] + second["candidates"][name])[i] for i in order]
+        for name in first["candidates"]
+    }
+    merged = {name: torch.cat([first[name], second[name]])[order] for name in Pool.TENSORS}
+    sizes = len(first["rewards"]), len(second["rewards"])
+    metrics = {}
+    for name in first["reward_metrics"].keys() | second["reward_metrics"].keys():
+        weighted = [
+            (draw["reward_metrics"][name], size)
+            for draw, size in zip((first, second), sizes)
+            if name in draw["reward_metrics"]
+        ]
+        metrics[name] = sum(value * size for value, size in weighted) / max(1, sum(size for _, size in weighted))
+    return {"reward_metrics": metrics, "candidates": candidates, **merged}
