@@ -140,11 +140,7 @@ class StageTrainer(Trainer):
         draw = self.draw_prompts(stage)
         with whole_parameters(self.model_wrapped):  # each process samples and reads log-probs of its own share
             pool = self.gather_pool(self.generate_and_score(stage, draw, memory))
-            if self.args.settled_prompt_weight is not None:
-                settle(
-                    self._settled, pool.candidates["prompt_index"], pool.rewards.tolist(), self.args.reward_threshold
-                )
-                self._settled_through = stage + 1
+            self._note_settled_prompts(stage, pool)
             chosen = self.select(pool)
             if not chosen.kept.any():
                 self.pass_over(stage, pool, chosen)
