@@ -275,7 +275,10 @@ class StageTrainer(Trainer):
     def _generated_candidates(self, draw: Draw, per_prompt: list[int] | None = None) -> dict:
         """This process's candidates of its share of the draw (`per_prompt[i]` of prompt i when given), with the
         position in `draw.prompts` of each one's prompt (`prompt_of`)."""
-        candidates = self.generate(draw.prompt_indices, draw.prompts, per_prompt)
+        if per_prompt is None:  # the hook's plain call, which a trainer overriding `generate` may only take
+            candidates = self.generate(draw.prompt_indices, draw.prompts)
+        else:
+            candidates = self.generate(draw.prompt_indices, draw.prompts, per_prompt)
         clear_device_cache()  # generation's caches are not needed any more
         return {"candidates": candidates, "prompt_of": candidates.pop("prompt_position")}
 
