@@ -729,9 +729,10 @@ class StageTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def generate(self, prompt_indices: list[int], prompts: list, per_prompt: list[int] | None = None) -> Candidates:
-        """The candidates of `prompts` (`generations_per_prompt` each, or more; `per_prompt[i]` of prompt i when
-        given), as per-candidate columns, with a `prompt_position` column: the position in `prompts` of each
-        candidate's prompt (see `each_prompt_repeated`)."""
+        """The candidates of `prompts` (`generations_per_prompt` each, or more), as per-candidate columns, with a
+        `prompt_position` column: the position in `prompts` of each candidate's prompt (see `each_prompt_repeated`).
+        Only `sample_allocation='gvm'` passes `per_prompt`, the count of each prompt; a trainer that does not offer
+        it may leave the argument out."""
         raise NotImplementedError
 
     def gradient_norms(self, candidates: Candidates, indices: list[int]) -> list[float]:

@@ -77,7 +77,7 @@ class CompareArguments:
             "help": "With --task arithmetic: how the problems are asked, 'question' ('What is 3 + 4? Reply with the "
             "number only.'), 'imperative', 'equation' or 'words' (raft_trainer.tasks.arithmetic.WORDINGS); the "
             "problems and splits are the same under every wording.",
-            "choices": ["question", "imperative", "equation", "words"],
+            "choices": list(WORDINGS),
         },
     )
     model_name_or_path: str | None = field(

@@ -127,18 +127,16 @@ class DiffusionRAFTTrainer(StageTrainer):
     # Generation
     # ----------------------------------------------------------------------------------------------------------------
 
-    def generate(
-        self, prompt_indices: list[int], prompts: list, per_prompt: list[int] | None = None
-    ) -> ImageCandidates:
+    def generate(self, prompt_indices: list[int], prompts: list) -> ImageCandidates:
         args = self.args
-        prompt_of = each_prompt_repeated(len(prompts), per_prompt or args.generations_per_prompt)
-        all_prompts = [prompts[i] for i in prompt_of]
+        per_prompt = args.generations_per_prompt
+        all_prompts = [prompt for prompt in prompts for _ in range(per_prompt)]
         # A generator seeded by (seed, stage, process): the stage's images do not depend on what ran before,
         # so a resumed run draws the same ones.
         stage_seed = np.random.SeedSequence([args.seed, self.current_stage(), args.process_index]).generate_state(1)
         generator = torch.Generator().manual_seed(int(stage_seed[0]))
         images = self._sample_images(all_prompts, generator, show_progress=not self._quiet())
-        return {"image": images, "prompt_position": prompt_of}
+        return {"image": images, "prompt_position": each_prompt_repeated(len(prompts), per_prompt)}
 
     def _sample_images(self, prompts: list[str], generator, show_progress: bool = False) -> list:
         """The pipeline's images of `prompts` with the training sampler's settings, in batches of
