@@ -436,3 +436,7 @@ def test_equal_wall_time_reads_each_curve_at_grpos_end():
         "final 0.600"
     )
     assert equal_time_lines({"raft": methods["raft"]}) == []  # no GRPO in the comparison: nothing to read
+    late = {"grpo": curve((0.0, 0.1), (0.5, 0.2)), "ppo": curve((0.8, 0.1), (2.0, 0.3))}  # starts after GRPO's end
+    assert equal_time_lines(late) == [
+        "ppo at GRPO's training time (0 s): no curve point yet; reached GRPO's final 0.200 at 2 s (x4.00 of its time)"
+    ]

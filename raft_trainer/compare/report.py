@@ -122,10 +122,13 @@ def equal_time_lines(methods: dict, baseline: str = "grpo") -> list[str]:
             if reached is not None
             else f"never reached {baseline.upper()}'s final {end['reward']:.3f}"
         )
-        lines.append(
-            f"{name} at {baseline.upper()}'s training time ({end['seconds']:.0f} s): validation reward "
-            f"{by_then[-1]['reward']:.3f} after {by_then[-1]['completions']} completions; {when}"
+        # A run's first point is taken when its training begins, which can be after a very short baseline's end.
+        then = (
+            f"validation reward {by_then[-1]['reward']:.3f} after {by_then[-1]['completions']} completions"
+            if by_then
+            else "no curve point yet"
         )
+        lines.append(f"{name} at {baseline.upper()}'s training time ({end['seconds']:.0f} s): {then}; {when}")
     return lines
 
 
