@@ -97,6 +97,8 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(settled_prompt_weight=0.5), "settled_prompt_weight must be in"),
         (dict(dual_clip=1.0), "dual_clip must be > 1"),
         (dict(advantage_baseline="mean"), "advantage_baseline must be"),
+        (dict(use_vllm=True, methods=["raft", "ppo"]), "PPO samples with transformers only"),
+        (dict(vllm_gpu_memory_utilization=0.0), "vllm_gpu_memory_utilization must be in"),
     ],
 )
 def test_bad_settings_are_rejected_by_name_before_anything_is_loaded(tmp_path, overrides, named):
@@ -413,6 +415,51 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
     assert args.settled_prompt_weight == 0.25
     assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
     assert args.advantage_baseline == "none" and built_args["reinforce_rej"].advantage_baseline == "group_mean"
+
+
+def test_use_vllm_is_refused_up_front_where_vllm_or_a_gpu_is_missing(tmp_path, monkeypatch):
+    import importlib
+
+    import torch
+
+    import_utils = importlib.import_module("trl.import_utils")  # trl's lazy module does not list it as an attribute
+    for vllm_installed, gpu in ((False, True), (True, False)):
+        monkeypatch.setattr(import_utils, "is_vllm_available", lambda installed=vllm_installed: installed)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda visible=gpu: visible)
+        with pytest.raises(ValueError, match="pip install vllm" if not vllm_installed else "none is visible"):
+            compare(task="arithmetic", use_vllm=True, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"))
+        assert not (tmp_path / "out").exists()
+
+
+def test_use_vllm_samples_with_vllm_in_every_method_alike(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import trl
+
+    from raft_trainer.compare import methods
+    from raft_trainer.compare.methods import Run
+
+    class Built(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        raise Built(kwargs.get("args") or args[2])
+
+    monkeypatch.setattr(methods, "RAFTTrainer", capture)
+    monkeypatch.setattr(methods, "AutoModelForCausalLM", SimpleNamespace(from_pretrained=lambda name: None))
+    for name in ("GRPOTrainer", "RLOOTrainer"):
+        monkeypatch.setattr(trl, name, capture)
+    settings = compare_cli.parse_args(["--task", "arithmetic", "--use_vllm", "--vllm_gpu_memory_utilization", "0.5"])
+    task = SimpleNamespace(policy="some/policy", train_prompts=None)
+    for method in ("raft", "raft++", "reinforce_rej", "grpo", "rloo"):
+        with pytest.raises(Built) as built:
+            methods.TRAINERS[method](Run(method, method, 1e-5, settings, task, str(tmp_path)), None, None, None)
+        args = built.value.args[0]
+        assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == (True, "colocate", 0.5), method
+    plain = compare_cli.parse_args(["--task", "arithmetic"])
+    with pytest.raises(Built) as built:
+        methods.TRAINERS["grpo"](Run("grpo", "grpo", 1e-5, plain, task, str(tmp_path)), None, None, None)
+    assert built.value.args[0].use_vllm is False
 
 
 def test_equal_wall_time_reads_each_curve_at_grpos_end():

@@ -60,8 +60,16 @@ def shared_training_arguments(run: Run) -> dict:
         gradient_checkpointing=settings.gradient_checkpointing,
         report_to="none",
         save_strategy="no",
+        **vllm_arguments(settings),
         disable_tqdm=True,  # progress is the curve's line at each checkpoint
     )
+
+
+def vllm_arguments(settings: CompareArguments) -> dict:
+    """vLLM sampling, colocated, alike for the RAFT family and TRL's GRPO / RLOO (PPO has none: refused)."""
+    if not settings.use_vllm:
+        return {}
+    return dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization)
 
 
 def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:

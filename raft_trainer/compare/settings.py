@@ -204,6 +204,17 @@ class CompareArguments:
     ablation_values: list[float] | None = field(
         default=None, metadata={"help": "The ablated values (default: the paper's)."}
     )
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample with vLLM in every training run (colocated, on the GPU; needs pip install vllm): the "
+            "RAFT family through RAFTConfig.use_vllm, GRPO and RLOO through TRL's own use_vllm. The evaluations "
+            "sample with transformers either way, so every method is scored alike."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "With --use_vllm: the share of GPU memory vLLM takes, for every method."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision for every method (GPU)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing for every method."})
     toy_num_pairs: int = field(default=4000, metadata={"help": "Miniature world: preference pairs it generates."})
@@ -302,6 +313,14 @@ class CompareArguments:
             "(1 with the arithmetic task's 0/1 reward, its default).",
         )
         require(
+            not (self.use_vllm and "ppo" in self.methods),
+            "use_vllm: TRL's PPO samples with transformers only; leave ppo out of --methods, or drop --use_vllm.",
+        )
+        require(
+            0 < self.vllm_gpu_memory_utilization <= 1,
+            f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization}).",
+        )
+        require(
             self.samples_per_stage is None or self.samples_per_stage >= 1,
             f"samples_per_stage must be >= 1 or None (got {self.samples_per_stage}).",
         )
@@ -349,7 +368,8 @@ class CompareArguments:
             require(self.ablation_values is None, "ablation_values needs --ablation K, temperature or beta.")
 
     def check_methods_installed(self) -> None:
-        """Refuse, before anything is loaded, a method this environment cannot run: PPO needs trl 1.0 to 1.12."""
+        """Refuse, before anything is loaded, what this environment cannot run: PPO needs trl 1.0 to 1.12, and
+        `use_vllm` needs vLLM and a GPU."""
         methods = {method for _, method, _ in self.runs()}
         require(
             "ppo" not in methods or importlib.util.find_spec("trl.experimental.ppo") is not None,
@@ -358,6 +378,17 @@ class CompareArguments:
             'pip install "raft-trainer[compare]" (from a clone: pip install -e ".[compare]"), or leave ppo out of '
             "--methods.",
         )
+
+        if self.use_vllm:
+            from trl.import_utils import is_vllm_available
+
+            require(is_vllm_available(), "use_vllm needs vLLM: pip install vllm on a GPU machine, or drop --use_vllm.")
+            import torch
+
+            require(
+                torch.cuda.is_available(),
+                "use_vllm: the comparison colocates vLLM with each run on a GPU, and none is visible; drop it.",
+            )
 
     def ablated_values(self) -> tuple[float, ...]:
         _, _, paper_values = ABLATIONS[self.ablation]
