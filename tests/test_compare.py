@@ -298,6 +298,10 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
             assert row[key] * 8 == pytest.approx(round(row[key] * 8)), (name, key)
         assert row["peak_memory_mb"] > row["baseline_memory_mb"] > 0
         assert row["memory_over_baseline_mb"] == row["peak_memory_mb"] - row["baseline_memory_mb"]
+        assert any("loss" in key for record in row["training_log"] for key in record), name  # the trainer's log
+    for name in ("raft++", "reinforce_rej"):  # what shows why a policy-gradient member trails: entropy, ratio, clips
+        logged = {key for record in results["methods"][name]["training_log"] for key in record}
+        assert {"entropy", "ratio_mean", "clip_fraction"} <= logged, (name, logged)
 
     # The start's greedy reward is the greedy accuracy as evaluate_accuracy measures it, on the same problems.
     test_problems = arithmetic_dataset("sums", num_train=250, num_test=12)["test"].select(range(4, 12))

@@ -45,6 +45,7 @@ class Run:
 class TrainedPolicy:
     model: PreTrainedModel
     completions: int  # generated during training, as counted
+    log_history: list[dict]  # the trainer's own log records (loss, clip fraction, ratio, entropy, ...)
 
 
 def shared_training_arguments(run: Run) -> dict:
@@ -92,6 +93,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         dual_clip=settings.dual_clip if run.method != "raft" else None,  # RAFT's SFT loss has no ratio to clip
         advantage_baseline=settings.advantage_baseline if run.method == "reinforce_rej" else "none",
         loss_type=run.method,
+        log_entropy=run.method != "raft",  # free where the loss computes the log-probs anyway
         **family_selection(run.method, settings),
     )
     counter = CountingReward(reward_fn)
@@ -199,4 +201,4 @@ def _train(
     curve.attach(counter, policy, at_stage_end)
     os.makedirs(trainer.args.output_dir, exist_ok=True)
     trainer.train()
-    return TrainedPolicy(policy(), counter.count)
+    return TrainedPolicy(policy(), counter.count, trainer.state.log_history)

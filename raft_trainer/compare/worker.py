@@ -92,6 +92,7 @@ def train_and_measure(run: Run) -> dict:
         "completions": trained.completions,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "curve": curve.points,
+        "training_log": trained.log_history,
     }
     write_json(os.path.join(run.output_dir, "row.json"), row)
     return row
