@@ -382,8 +382,11 @@ def test_a_curve_point_is_never_later_than_the_run_that_ends_right_after_it():
     assert curve.points[-1]["seconds"] <= stopwatch.seconds()
 
 
-def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeypatch, tmp_path):
+def configs_built(monkeypatch, tmp_path, argv: list[str], method_names) -> dict:
+    """The config each method's trainer is built with from the `raft-compare` flags `argv` (nothing is trained)."""
     from types import SimpleNamespace
+
+    import trl
 
     from raft_trainer.compare import methods
     from raft_trainer.compare.methods import Run
@@ -391,10 +394,24 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
     class Built(Exception):
         pass
 
-    def capture(policy, reward, args, **kwargs):
-        raise Built(args)
+    def capture(*args, **kwargs):
+        raise Built(kwargs.get("args") or args[2])
 
     monkeypatch.setattr(methods, "RAFTTrainer", capture)
+    monkeypatch.setattr(methods, "AutoModelForCausalLM", SimpleNamespace(from_pretrained=lambda name: None))
+    for name in ("GRPOTrainer", "RLOOTrainer"):
+        monkeypatch.setattr(trl, name, capture)
+    settings = compare_cli.parse_args(argv)
+    task = SimpleNamespace(policy="some/policy", train_prompts=None)
+    built_args = {}
+    for method in method_names:
+        with pytest.raises(Built) as built:
+            methods.TRAINERS[method](Run(method, method, 1e-5, settings, task, str(tmp_path)), None, None, None)
+        built_args[method] = built.value.args[0]
+    return built_args
+
+
+def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeypatch, tmp_path):
     argv = [
         "--task",
         "arithmetic",
@@ -407,13 +424,7 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
         "--advantage_baseline",
         "group_mean",
     ]
-    settings = compare_cli.parse_args(argv)
-    task = SimpleNamespace(policy="some/policy", train_prompts=None)
-    built_args = {}
-    for method in ("raft", "reinforce_rej"):
-        with pytest.raises(Built) as built:
-            methods.train_raft(Run(method, method, 1e-5, settings, task, str(tmp_path)), None, None, None)
-        built_args[method] = built.value.args[0]
+    built_args = configs_built(monkeypatch, tmp_path, argv, ("raft", "reinforce_rej"))
     args = built_args["raft"]
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
     assert args.settled_prompt_weight == 0.25
@@ -436,34 +447,11 @@ def test_use_vllm_is_refused_up_front_where_vllm_or_a_gpu_is_missing(tmp_path, m
 
 
 def test_use_vllm_samples_with_vllm_in_every_method_alike(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
-    import trl
-
-    from raft_trainer.compare import methods
-    from raft_trainer.compare.methods import Run
-
-    class Built(Exception):
-        pass
-
-    def capture(*args, **kwargs):
-        raise Built(kwargs.get("args") or args[2])
-
-    monkeypatch.setattr(methods, "RAFTTrainer", capture)
-    monkeypatch.setattr(methods, "AutoModelForCausalLM", SimpleNamespace(from_pretrained=lambda name: None))
-    for name in ("GRPOTrainer", "RLOOTrainer"):
-        monkeypatch.setattr(trl, name, capture)
-    settings = compare_cli.parse_args(["--task", "arithmetic", "--use_vllm", "--vllm_gpu_memory_utilization", "0.5"])
-    task = SimpleNamespace(policy="some/policy", train_prompts=None)
-    for method in ("raft", "raft++", "reinforce_rej", "grpo", "rloo"):
-        with pytest.raises(Built) as built:
-            methods.TRAINERS[method](Run(method, method, 1e-5, settings, task, str(tmp_path)), None, None, None)
-        args = built.value.args[0]
+    everyone = ("raft", "raft++", "reinforce_rej", "grpo", "rloo")
+    argv = ["--task", "arithmetic", "--use_vllm", "--vllm_gpu_memory_utilization", "0.5"]
+    for method, args in configs_built(monkeypatch, tmp_path, argv, everyone).items():
         assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == (True, "colocate", 0.5), method
-    plain = compare_cli.parse_args(["--task", "arithmetic"])
-    with pytest.raises(Built) as built:
-        methods.TRAINERS["grpo"](Run("grpo", "grpo", 1e-5, plain, task, str(tmp_path)), None, None, None)
-    assert built.value.args[0].use_vllm is False
+    assert configs_built(monkeypatch, tmp_path, ["--task", "arithmetic"], ["grpo"])["grpo"].use_vllm is False
 
 
 def test_equal_wall_time_reads_each_curve_at_grpos_end():
