@@ -63,6 +63,13 @@ def test_every_method_generates_the_same_budget_and_is_followed_along_it(quick_c
 
 
 @pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
+def test_the_curve_can_be_read_every_few_stages_and_still_ends_at_the_budget(tmp_path):
+    argv = [*QUICK, "--num_stages", "4", "--curve_every_stages", "2", "--methods", "raft", "grpo"]
+    results = compare_cli.run([*argv, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "c")])
+    for name, row in results["methods"].items():
+        assert [point["completions"] for point in row["curve"]] == [0, 32, 64], name  # every 2 stages of 16
+
+
 def test_the_table_and_the_plots_are_written(quick_comparison):
     output_dir, _ = quick_comparison
     table = (output_dir / "comparison.md").read_text()
@@ -80,6 +87,8 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(completions_per_update=48), "completions_per_update"),  # does not divide b x K = 512
         (dict(completions_per_update=16, prompts_per_stage=8, num_generations=6), "completions_per_update"),  # K
         (dict(num_curve_prompts=200), "num_eval_prompts"),
+        (dict(num_stages=3, curve_every_stages=2), r"curve_every_stages \(2\) must divide num_stages"),
+        (dict(curve_every_stages=0), "curve_every_stages must be >= 1"),
         (dict(num_generations=1), "num_generations"),
         (dict(learning_rates=[]), "learning_rates"),
         (dict(ablation_values=[8, 16]), "ablation_values"),
@@ -430,6 +439,14 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
     assert args.settled_prompt_weight == 0.25
     assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
     assert args.advantage_baseline == "none" and built_args["reinforce_rej"].advantage_baseline == "group_mean"
+
+
+def test_a_stage_of_the_raft_family_that_keeps_nothing_never_stops_a_comparison(monkeypatch, tmp_path):
+    # At 4 prompts a stage, a stage with no right answer (or, for Reinforce-Rej, no prompt with contrast) is
+    # ordinary; GRPO steps through such a batch, so the family passes over it however many come in a row.
+    argv = ["--task", "arithmetic", "--num_stages", "24", "--prompts_per_stage", "4"]
+    for method, args in configs_built(monkeypatch, tmp_path, argv, ("raft", "raft++", "reinforce_rej")).items():
+        assert args.max_empty_stages > 24, method
 
 
 def test_use_vllm_is_refused_up_front_where_vllm_or_a_gpu_is_missing(tmp_path, monkeypatch):

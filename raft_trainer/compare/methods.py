@@ -94,6 +94,10 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         advantage_baseline=settings.advantage_baseline if run.method == "reinforce_rej" else "none",
         loss_type=run.method,
         log_entropy=run.method != "raft",  # free where the loss computes the log-probs anyway
+        # A comparison runs every method to its budget: a stage that keeps nothing (at 4 prompts a stage, none
+        # right or, for Reinforce-Rej, none with contrast) is passed over, as GRPO steps on a batch whose
+        # advantages are all zero, and never stops the run.
+        max_empty_stages=settings.num_stages + 1,
         **family_selection(run.method, settings),
     )
     counter = CountingReward(reward_fn)
@@ -109,7 +113,7 @@ def family_selection(method: str, settings: CompareArguments) -> dict:
     prompt, `samples_per_stage` a pass; Reinforce-Rej keeps every candidate of the prompts whose rewards differ
     (one choice per prompt), half of the stage's candidates a pass."""
     if method == "reinforce_rej":
-        return dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_checkpoint // 2)
+        return dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_stage // 2)
     return dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=settings.samples_per_stage)
 
 

@@ -187,6 +187,14 @@ class CompareArguments:
             "help": "Held-out prompts: the first num_curve_prompts for the curve, the rest for the final table."
         },
     )
+    curve_every_stages: int = field(
+        default=1,
+        metadata={
+            "help": "Evaluate the curve each time a method has generated this many RAFT stages' worth of "
+            "completions (it must divide num_stages, so that the run's end is a point): 1 reads every stage, a "
+            "larger value makes a long comparison cheaper."
+        },
+    )
     num_curve_prompts: int = field(
         default=40,
         metadata={
@@ -240,9 +248,15 @@ class CompareArguments:
         return self.num_stages * self.prompts_per_stage * self.num_generations
 
     @property
-    def completions_per_checkpoint(self) -> int:
-        """The curve is evaluated each time a method has generated this many more completions (one RAFT stage)."""
+    def completions_per_stage(self) -> int:
+        """One RAFT stage's completions: b x K."""
         return self.prompts_per_stage * self.num_generations
+
+    @property
+    def completions_per_checkpoint(self) -> int:
+        """The curve is evaluated each time a method has generated this many more completions
+        (`curve_every_stages` RAFT stages)."""
+        return self.completions_per_stage * self.curve_every_stages
 
     def validate(self) -> None:
         """A ValueError naming the argument for a bad value (`compare` calls it before loading anything)."""
@@ -258,6 +272,7 @@ class CompareArguments:
             "epochs_per_stage",
             "generation_batch_size",
             "num_curve_prompts",
+            "curve_every_stages",
         ):
             require(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
         require(
@@ -276,11 +291,16 @@ class CompareArguments:
             f"num_eval_prompts ({self.num_eval_prompts}) must exceed num_curve_prompts ({self.num_curve_prompts}): "
             "the final table is measured on the held-out prompts the curve does not use.",
         )
+        require(
+            self.num_stages % self.curve_every_stages == 0,
+            f"curve_every_stages ({self.curve_every_stages}) must divide num_stages ({self.num_stages}), so that "
+            "the curve's last point is the run's end (the learning rate is picked there).",
+        )
         per_update = self.completions_per_update
         require(
-            self.completions_per_checkpoint % per_update == 0,
+            self.completions_per_stage % per_update == 0,
             f"completions_per_update ({per_update}) must divide prompts_per_stage x num_generations "
-            f"({self.completions_per_checkpoint}), so that every method reaches each curve checkpoint exactly.",
+            f"({self.completions_per_stage}), so that every method reaches each curve checkpoint exactly.",
         )
         require(
             per_update % self.per_device_train_batch_size == 0,
