@@ -62,7 +62,6 @@ def test_every_method_generates_the_same_budget_and_is_followed_along_it(quick_c
     assert starts == pytest.approx([starts[0]] * len(starts))
 
 
-@pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
 def test_the_curve_can_be_read_every_few_stages_and_still_ends_at_the_budget(tmp_path):
     argv = [*QUICK, "--num_stages", "4", "--curve_every_stages", "2", "--methods", "raft", "grpo"]
     results = compare_cli.run([*argv, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "c")])
@@ -70,6 +69,7 @@ def test_the_curve_can_be_read_every_few_stages_and_still_ends_at_the_budget(tmp
         assert [point["completions"] for point in row["curve"]] == [0, 32, 64], name  # every 2 stages of 16
 
 
+@pytest.mark.ppo  # TRL's PPO: trl 1.0 to 1.12, the second pass of the README's test command
 def test_the_table_and_the_plots_are_written(quick_comparison):
     output_dir, _ = quick_comparison
     table = (output_dir / "comparison.md").read_text()
