@@ -98,6 +98,7 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(task="arithmetic", methods=["raft", "ppo"]), "leave ppo out"),
         (dict(task="arithmetic", dataset_name="some/data"), "leave out dataset_name"),
         (dict(kept_per_prompt=0), "kept_per_prompt"),
+        (dict(raft_pp_samples_per_stage=0), "raft_pp_samples_per_stage must be >= 1"),
         (dict(task="arithmetic", num_eval_prompts=200), "num_eval_prompts must be at most 150"),
         (dict(task="arithmetic", wording="plain"), "wording must be one of"),
         (dict(task="arithmetic", level="word_problems"), "level must be 'sums' or 'two_digit'"),
@@ -439,6 +440,26 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
     assert args.settled_prompt_weight == 0.25
     assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
     assert args.advantage_baseline == "none" and built_args["reinforce_rej"].advantage_baseline == "group_mean"
+
+
+def test_the_verifiable_tasks_raft_pp_takes_two_steps_a_stage_and_raft_one(monkeypatch, tmp_path):
+    # The task's defaults are the measured recipe: GRPO-sized stages, RAFT one optimizer step of 8 a stage, RAFT++
+    # two (its clip acts on the off-policy second), Reinforce-Rej half the stage's 32 candidates.
+    methods = ("raft", "raft++", "reinforce_rej")
+    built_args = configs_built(monkeypatch, tmp_path, ["--task", "arithmetic"], methods)
+    assert {method: built_args[method].samples_per_stage for method in methods} == {
+        "raft": 8,
+        "raft++": 16,
+        "reinforce_rej": 16,
+    }
+    assert {(args.num_stages, args.prompts_per_stage, args.num_generations) for args in built_args.values()} == {
+        (24, 4, 8)
+    }
+    argv = ["--task", "arithmetic", "--samples_per_stage", "24", "--raft_pp_samples_per_stage", "32"]
+    built_args = configs_built(monkeypatch, tmp_path, argv, ("raft", "raft++"))
+    assert (built_args["raft"].samples_per_stage, built_args["raft++"].samples_per_stage) == (24, 32)
+    plain = configs_built(monkeypatch, tmp_path, ["--samples_per_stage", "24"], ("raft", "raft++"))
+    assert plain["raft"].samples_per_stage == plain["raft++"].samples_per_stage == 24  # unset: RAFT's value
 
 
 def test_a_stage_of_the_raft_family_that_keeps_nothing_never_stops_a_comparison(monkeypatch, tmp_path):

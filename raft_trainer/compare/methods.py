@@ -110,11 +110,14 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
 
 def family_selection(method: str, settings: CompareArguments) -> dict:
     """How many candidates a member of the RAFT family keeps. RAFT and RAFT++ keep up to `kept_per_prompt` per
-    prompt, `samples_per_stage` a pass; Reinforce-Rej keeps every candidate of the prompts whose rewards differ
-    (one choice per prompt), half of the stage's candidates a pass."""
+    prompt, `samples_per_stage` a pass (RAFT++ `raft_pp_samples_per_stage` when set); Reinforce-Rej keeps every
+    candidate of the prompts whose rewards differ (one choice per prompt), half of the stage's candidates a pass."""
     if method == "reinforce_rej":
         return dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_stage // 2)
-    return dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=settings.samples_per_stage)
+    samples = settings.samples_per_stage
+    if method == "raft++" and settings.raft_pp_samples_per_stage is not None:
+        samples = settings.raft_pp_samples_per_stage
+    return dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=samples)
 
 
 def train_ppo(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:

@@ -18,25 +18,28 @@ ABLATIONS = {
     "beta": ("beta", "raft-beta{:g}", (0.0, 0.005, 0.01, 0.1)),
 }
 
-# With --task arithmetic: the RAFT family against GRPO and RLOO on the real model at equal completions (3 stages of
-# 32 prompts x 8 = 768 completions of at most 16 tokens), the setting of Xiong et al. 2025 scaled to a CPU: RAFT
-# keeps every distinct correct answer that was not cut off.
+# With --task arithmetic: the RAFT family against GRPO and RLOO on the real model at equal completions (24 stages of
+# 4 prompts x 8 = 768 completions of at most 16 tokens, a fresh draw as often as GRPO's updates), the setting of
+# Xiong et al. 2025 scaled to a CPU: RAFT keeps every distinct correct answer that was not cut off, one optimizer
+# step of 8 a stage (RAFT++ two), learning rate 2e-5 (the rate every method picked from 1e-5 / 2e-5 / 4e-5, in
+# BENCHMARKS.md).
 TASK_DEFAULTS = {
     "arithmetic": dict(
         output_dir="runs/compare-arithmetic",
         methods=["raft", "raft++", "reinforce_rej", "grpo", "rloo"],
-        num_stages=3,
-        prompts_per_stage=32,
+        num_stages=24,
+        prompts_per_stage=4,
         num_generations=8,
         completions_per_update=32,
         per_device_train_batch_size=8,
         max_completion_length=16,
         temperature=1.0,
-        learning_rates=[1e-5],
+        learning_rates=[2e-5],
         epochs_per_stage=1,
         reward_threshold=1.0,
         kept_per_prompt=8,
-        samples_per_stage=48,
+        samples_per_stage=8,  # RAFT: one optimizer step a stage
+        raft_pp_samples_per_stage=16,  # RAFT++: two, the second off-policy, where its clip acts
         mask_truncated_completions=True,
         num_eval_prompts=150,
         num_curve_prompts=50,
@@ -143,6 +146,14 @@ class CompareArguments:
         metadata={
             "help": "RAFT, RAFT++: kept samples per pass of a stage (None: prompts_per_stage). Reinforce-Rej "
             "takes half of the stage's candidates (it trains on every candidate of the prompts it keeps)."
+        },
+    )
+    raft_pp_samples_per_stage: int | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT++ alone: kept samples per pass of a stage (None: samples_per_stage). More than a "
+            "micro-batch makes the later steps of a stage off-policy, where RAFT++'s clipped ratio acts; RAFT's SFT "
+            "loss has no clip, so RAFT keeps samples_per_stage."
         },
     )
     mask_truncated_completions: bool = field(
@@ -343,6 +354,10 @@ class CompareArguments:
         require(
             self.samples_per_stage is None or self.samples_per_stage >= 1,
             f"samples_per_stage must be >= 1 or None (got {self.samples_per_stage}).",
+        )
+        require(
+            self.raft_pp_samples_per_stage is None or self.raft_pp_samples_per_stage >= 1,
+            f"raft_pp_samples_per_stage must be >= 1 or None (got {self.raft_pp_samples_per_stage}).",
         )
         if self.task is not None:
             require(self.task in TASKS, f"task must be one of {list(TASKS)} (got {self.task!r}).")
