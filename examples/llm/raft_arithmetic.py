@@ -14,7 +14,7 @@
 4. Held-out accuracy before and after (greedy, sampled at the run's temperature, pass@K, length, truncated share),
    and the sampled accuracy after every stage.
 
-    python examples/llm/raft_arithmetic.py                                # about 6 minutes on 2 CPU cores
+    python examples/llm/raft_arithmetic.py                                # 24 small stages on 2 CPU cores
     python examples/llm/raft_arithmetic.py --loss_type raft --samples_per_stage 8 --seed 1
     python examples/llm/raft_arithmetic.py --num_stages 3 --prompts_per_stage 32 --learning_rate 1e-5 \
         --loss_type raft --samples_per_stage 48                           # the earlier default: 3 big stages
