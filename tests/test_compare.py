@@ -258,6 +258,7 @@ ARITHMETIC = [
     "--task", "arithmetic", "--num_stages", "1", "--prompts_per_stage", "8", "--num_generations", "4",
     "--completions_per_update", "16", "--per_device_train_batch_size", "4", "--max_completion_length", "16",
     "--samples_per_stage", "4", "--num_eval_prompts", "12", "--num_curve_prompts", "4", "--quiet", "true",
+    "--learning_rates", "1e-5",
 ]  # fmt: skip
 # RAFT++ and Reinforce-Rej are RAFT's code path with another loss, RLOO is GRPO's (the miniature world runs both).
 SOME_OF_THEM = ["raft++", "reinforce_rej", "rloo"]
