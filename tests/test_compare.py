@@ -272,7 +272,8 @@ def stage_rows(output_dir, method: str) -> list[dict]:
 def test_the_verifiable_task_compares_the_raft_family_with_grpo_and_rloo_by_default():
     args = compare_cli.parse_args(["--task", "arithmetic"])
     assert args.methods == ["raft", "raft++", "reinforce_rej", "grpo", "rloo"]
-    assert args.completions_budget == 768 and args.reward_threshold == 1.0 and args.mask_truncated_completions
+    assert args.completions_budget == 768 and args.reward_threshold == 1.0
+    assert not args.mask_truncated_completions  # the baselines as users get them: TRL's default
     assert CompareArguments(task="arithmetic").methods == ["raft", "ppo", "grpo"]  # the dataclass stays plain...
     with pytest.raises(ValueError, match="leave ppo out"):
         compare(task="arithmetic", methods=["raft", "ppo"])  # ...and compare(task=...) starts from the task's
@@ -298,8 +299,9 @@ def test_the_raft_family_against_grpo_and_rloo_on_the_verifiable_task(smollm2_pa
     from raft_trainer.tasks.arithmetic import arithmetic_dataset
 
     output_dir = tmp_path / "out"
-    argv = [*ARITHMETIC, "--model_name_or_path", smollm2_path, "--output_dir", str(output_dir)]
-    results = compare_cli.run([*argv, "--methods", *SOME_OF_THEM])
+    # With the mask (not the task's default) the selection below has truncated candidates to leave out.
+    argv = [*ARITHMETIC, "--mask_truncated_completions", "true", "--model_name_or_path", smollm2_path]
+    results = compare_cli.run([*argv, "--output_dir", str(output_dir), "--methods", *SOME_OF_THEM])
     assert list(results["methods"]) == SOME_OF_THEM
     for name, row in results["methods"].items():
         assert "failed" not in row, (name, row.get("failed"))
@@ -461,6 +463,26 @@ def test_the_verifiable_tasks_raft_pp_takes_two_steps_a_stage_and_raft_one(monke
     assert (built_args["raft"].samples_per_stage, built_args["raft++"].samples_per_stage) == (24, 32)
     plain = configs_built(monkeypatch, tmp_path, ["--samples_per_stage", "24"], ("raft", "raft++"))
     assert plain["raft"].samples_per_stage == plain["raft++"].samples_per_stage == 24  # unset: RAFT's value
+
+
+def test_under_the_task_the_raft_family_keeps_no_truncated_answer_and_grpo_trains_on_them(monkeypatch, tmp_path):
+    # GRPO and RLOO as TRL ships them (no mask); the RAFT family's selection leaves truncated answers out.
+    names = ("raft", "raft++", "reinforce_rej", "grpo", "rloo")
+    built = configs_built(monkeypatch, tmp_path, ["--task", "arithmetic"], names)
+    assert {name: args.mask_truncated_completions for name, args in built.items()} == {
+        "raft": True, "raft++": True, "reinforce_rej": True, "grpo": False, "rloo": False
+    }  # fmt: skip
+    argv = ["--task", "arithmetic", "--raft_mask_truncated_completions", "false"]
+    assert not any(
+        args.mask_truncated_completions for args in configs_built(monkeypatch, tmp_path, argv, names).values()
+    )
+    # Unset, the family follows --mask_truncated_completions, as every method does.
+    for mask in ("true", "false"):
+        argv = ["--mask_truncated_completions", mask]
+        masks = {
+            args.mask_truncated_completions for args in configs_built(monkeypatch, tmp_path, argv, names).values()
+        }
+        assert masks == {mask == "true"}
 
 
 def test_a_stage_of_the_raft_family_that_keeps_nothing_never_stops_a_comparison(monkeypatch, tmp_path):

@@ -82,7 +82,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         prompts_per_stage=settings.prompts_per_stage,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
-        mask_truncated_completions=settings.mask_truncated_completions,
+        mask_truncated_completions=settings.family_masks_truncated,
         temperature=settings.temperature,
         beta=settings.beta,
         epochs_per_stage=settings.epochs_per_stage,

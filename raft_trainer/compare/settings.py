@@ -20,7 +20,7 @@ ABLATIONS = {
 
 # With --task arithmetic: the RAFT family against GRPO and RLOO on the real model at equal completions (24 stages of
 # 4 prompts x 8 = 768 completions of at most 16 tokens, a fresh draw as often as GRPO's updates), the setting of
-# Xiong et al. 2025 scaled to a CPU: RAFT keeps every distinct correct answer that was not cut off, one optimizer
+# Xiong et al. 2025 scaled to a CPU: RAFT keeps every distinct correct answer, one optimizer
 # step of 8 a stage (RAFT++ two), learning rate 2e-5 (the rate every method picked from 1e-5 / 2e-5 / 4e-5, in
 # BENCHMARKS.md).
 TASK_DEFAULTS = {
@@ -40,7 +40,11 @@ TASK_DEFAULTS = {
         kept_per_prompt=8,
         samples_per_stage=8,  # RAFT: one optimizer step a stage
         raft_pp_samples_per_stage=16,  # RAFT++: two, the second off-policy, where its clip acts
-        mask_truncated_completions=True,
+        # GRPO and RLOO as users get them (TRL's default): a truncated completion is trained on; with the mask GRPO
+        # learned from almost none of its completions on a wording whose answers run long (`equation`). The RAFT
+        # family's selection keeps no truncated answer: accepting them, its completions drifted to the length limit.
+        mask_truncated_completions=False,
+        raft_mask_truncated_completions=True,
         num_eval_prompts=150,
         num_curve_prompts=50,
     )
@@ -160,6 +164,14 @@ class CompareArguments:
         default=False,
         metadata={"help": "Every method: a completion cut off at max_completion_length is not trained on."},
     )
+    raft_mask_truncated_completions: bool | None = field(
+        default=None,
+        metadata={
+            "help": "The RAFT family alone: a candidate cut off at max_completion_length is never kept (None: "
+            "mask_truncated_completions). For RAFT it is part of what is accepted; for GRPO the mask only takes "
+            "the completion out of the loss."
+        },
+    )
     advantage_baseline: str = field(
         default="none",
         metadata={
@@ -252,6 +264,13 @@ class CompareArguments:
             "(e.g. one per seed), written to output_dir/summary.md."
         },
     )
+
+    @property
+    def family_masks_truncated(self) -> bool:
+        """Whether the RAFT family keeps no truncated candidate: `raft_mask_truncated_completions` when set."""
+        if self.raft_mask_truncated_completions is None:
+            return self.mask_truncated_completions
+        return self.raft_mask_truncated_completions
 
     @property
     def completions_budget(self) -> int:
