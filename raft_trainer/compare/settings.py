@@ -20,7 +20,7 @@ ABLATIONS = {
 
 # With --task arithmetic: the RAFT family against GRPO and RLOO on the real model at equal completions (24 stages of
 # 4 prompts x 8 = 768 completions of at most 16 tokens, a fresh draw as often as GRPO's updates), the setting of
-# Xiong et al. 2025 scaled to a CPU: RAFT keeps every distinct correct answer, one optimizer
+# Xiong et al. 2025 scaled to a CPU: RAFT keeps every distinct correct answer not cut off, one optimizer
 # step of 8 a stage (RAFT++ two), learning rate 2e-5 (the rate every method picked from 1e-5 / 2e-5 / 4e-5, in
 # BENCHMARKS.md).
 TASK_DEFAULTS = {
