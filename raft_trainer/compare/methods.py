@@ -82,7 +82,6 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         prompts_per_stage=settings.prompts_per_stage,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
-        mask_truncated_completions=settings.family_masks_truncated,
         temperature=settings.temperature,
         beta=settings.beta,
         epochs_per_stage=settings.epochs_per_stage,
@@ -109,15 +108,19 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
 
 
 def family_selection(method: str, settings: CompareArguments) -> dict:
-    """How many candidates a member of the RAFT family keeps. RAFT and RAFT++ keep up to `kept_per_prompt` per
-    prompt, `samples_per_stage` a pass (RAFT++ `raft_pp_samples_per_stage` when set); Reinforce-Rej keeps every
-    candidate of the prompts whose rewards differ (one choice per prompt), half of the stage's candidates a pass."""
+    """Which candidates a member of the RAFT family keeps. None cut off at the length limit when
+    `raft_mask_truncated_completions` (unset: `mask_truncated_completions`) says so. RAFT and RAFT++ keep up to
+    `kept_per_prompt` per prompt, `samples_per_stage` a pass (RAFT++ `raft_pp_samples_per_stage` when set);
+    Reinforce-Rej keeps every candidate of the prompts whose rewards differ (one choice per prompt), half of the
+    stage's candidates a pass."""
+    mask = settings.raft_mask_truncated_completions
+    selection = dict(mask_truncated_completions=settings.mask_truncated_completions if mask is None else mask)
     if method == "reinforce_rej":
-        return dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_stage // 2)
+        return selection | dict(kept_per_prompt=1, samples_per_stage=settings.completions_per_stage // 2)
     samples = settings.samples_per_stage
     if method == "raft++" and settings.raft_pp_samples_per_stage is not None:
         samples = settings.raft_pp_samples_per_stage
-    return dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=samples)
+    return selection | dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=samples)
 
 
 def train_ppo(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:

@@ -266,13 +266,6 @@ class CompareArguments:
     )
 
     @property
-    def family_masks_truncated(self) -> bool:
-        """Whether the RAFT family keeps no truncated candidate: `raft_mask_truncated_completions` when set."""
-        if self.raft_mask_truncated_completions is None:
-            return self.mask_truncated_completions
-        return self.raft_mask_truncated_completions
-
-    @property
     def completions_budget(self) -> int:
         """Completions every method generates: RAFT's stages x b x K."""
         return self.num_stages * self.prompts_per_stage * self.num_generations
