@@ -246,7 +246,8 @@ class StageTrainer(Trainer):
             raise RuntimeError(
                 f"stage {stage} kept no candidate, the last of {in_a_row} such stages in a row (max_empty_stages="
                 f"{self.args.max_empty_stages}): {why}. The reward is out of the model's reach at these settings: "
-                "lower reward_threshold, raise num_generations, or start from a stronger model."
+                "lower reward_threshold, raise num_generations, or start from a stronger model (with few prompts a "
+                "stage, an empty stage can be ordinary early on: raise max_empty_stages)."
             )
         logging.getLogger(__name__).warning(
             "Stage %d kept no candidate and is passed over (no update this stage; %d of max_empty_stages=%d in a "
