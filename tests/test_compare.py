@@ -107,6 +107,8 @@ def test_the_table_and_the_plots_are_written(quick_comparison):
         (dict(settled_prompt_weight=0.5), "settled_prompt_weight must be in"),
         (dict(dual_clip=1.0), "dual_clip must be > 1"),
         (dict(advantage_baseline="mean"), "advantage_baseline must be"),
+        (dict(epsilon_high=-0.1), "epsilon_high must be >= 0"),
+        (dict(entropy_coef=-0.01), "entropy_coef must be >= 0"),
         (dict(use_vllm=True, methods=["raft", "ppo"]), "PPO samples with transformers only"),
         (dict(vllm_gpu_memory_utilization=0.0), "vllm_gpu_memory_utilization must be in"),
     ],
@@ -435,13 +437,20 @@ def test_the_raft_family_gets_the_sample_allocation_and_curriculum_asked(monkeyp
         "3",
         "--advantage_baseline",
         "group_mean",
+        "--epsilon_high",
+        "0.28",
+        "--entropy_coef",
+        "0.01",
     ]
-    built_args = configs_built(monkeypatch, tmp_path, argv, ("raft", "reinforce_rej"))
+    built_args = configs_built(monkeypatch, tmp_path, argv, ("raft", "raft++", "reinforce_rej"))
     args = built_args["raft"]
     assert args.sample_allocation == "gvm" and args.reward_threshold == 1.0 and args.gvm_first_draw == 4
     assert args.settled_prompt_weight == 0.25
     assert args.dual_clip is None and built_args["reinforce_rej"].dual_clip == 3.0  # RAFT's SFT loss has no ratio
     assert args.advantage_baseline == "none" and built_args["reinforce_rej"].advantage_baseline == "group_mean"
+    for clipped in ("raft++", "reinforce_rej"):  # the clip bound and the entropy bonus shape the clipped losses only
+        assert (built_args[clipped].epsilon_high, built_args[clipped].entropy_coef) == (0.28, 0.01)
+    assert (args.epsilon_high, args.entropy_coef) == (None, 0.0)
 
 
 def test_the_verifiable_tasks_raft_pp_takes_two_steps_a_stage_and_raft_one(monkeypatch, tmp_path):

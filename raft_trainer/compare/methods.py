@@ -91,6 +91,8 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         settled_prompt_weight=settings.settled_prompt_weight,
         dual_clip=settings.dual_clip if run.method != "raft" else None,  # RAFT's SFT loss has no ratio to clip
         advantage_baseline=settings.advantage_baseline if run.method == "reinforce_rej" else "none",
+        epsilon_high=settings.epsilon_high if run.method != "raft" else None,
+        entropy_coef=settings.entropy_coef if run.method != "raft" else 0.0,
         loss_type=run.method,
         log_entropy=run.method != "raft",  # free where the loss computes the log-probs anyway
         # A comparison runs every method to its budget: a stage that keeps nothing (at 4 prompts a stage, none

@@ -186,6 +186,20 @@ class CompareArguments:
             "paper's Reinforce-Rej setting: 3.0; None: off)."
         },
     )
+    epsilon_high: float | None = field(
+        default=None,
+        metadata={
+            "help": "RAFT++ and Reinforce-Rej: the ratio's upper clipping bound (clip-higher: 0.28; None: epsilon, "
+            "0.2). GRPO and RLOO keep TRL's default."
+        },
+    )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "RAFT++ and Reinforce-Rej: weight of an entropy bonus on the trained tokens (against the "
+            "entropy collapse of learning from accepted answers alone; 0: off)."
+        },
+    )
     settled_prompt_weight: float | None = field(
         default=None,
         metadata={
@@ -345,6 +359,11 @@ class CompareArguments:
             f"advantage_baseline must be 'none' or 'group_mean' (got {self.advantage_baseline!r}).",
         )
         require(self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None (got {self.dual_clip}).")
+        require(
+            self.epsilon_high is None or self.epsilon_high >= 0,
+            f"epsilon_high must be >= 0 or None (got {self.epsilon_high}).",
+        )
+        require(self.entropy_coef >= 0, f"entropy_coef must be >= 0 (got {self.entropy_coef}): 0 turns it off.")
         require(
             self.settled_prompt_weight is None
             or (0 < self.settled_prompt_weight <= 1 and self.reward_threshold is not None),
