@@ -132,3 +132,8 @@ def save_weights(model, output_dir: str, rank: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # Leave the process group, as a launched script should (docs/distributed.md): a CPU process that exits with it
+    # still open can abort once everything is written ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
