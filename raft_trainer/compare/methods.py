@@ -89,10 +89,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         reward_threshold=settings.reward_threshold,
         sample_allocation=settings.sample_allocation,
         settled_prompt_weight=settings.settled_prompt_weight,
-        dual_clip=settings.dual_clip if run.method != "raft" else None,  # RAFT's SFT loss has no ratio to clip
         advantage_baseline=settings.advantage_baseline if run.method == "reinforce_rej" else "none",
-        epsilon_high=settings.epsilon_high if run.method != "raft" else None,
-        entropy_coef=settings.entropy_coef if run.method != "raft" else 0.0,
         loss_type=run.method,
         log_entropy=run.method != "raft",  # free where the loss computes the log-probs anyway
         # A comparison runs every method to its budget: a stage that keeps nothing (at 4 prompts a stage, none
@@ -100,6 +97,7 @@ def train_raft(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPol
         # advantages are all zero, and never stops the run.
         max_empty_stages=settings.num_stages + 1,
         **family_selection(run.method, settings),
+        **clipped_loss_shape(run.method, settings),
     )
     counter = CountingReward(reward_fn)
     trainer = RAFTTrainer(
@@ -123,6 +121,14 @@ def family_selection(method: str, settings: CompareArguments) -> dict:
     if method == "raft++" and settings.raft_pp_samples_per_stage is not None:
         samples = settings.raft_pp_samples_per_stage
     return selection | dict(kept_per_prompt=settings.kept_per_prompt, samples_per_stage=samples)
+
+
+def clipped_loss_shape(method: str, settings: CompareArguments) -> dict:
+    """The dual clip, the upper clip bound and the entropy bonus of RAFT++'s and Reinforce-Rej's clipped loss; RAFT's
+    SFT loss has no ratio to clip, so it keeps RAFTConfig's defaults."""
+    if method == "raft":
+        return {}
+    return dict(dual_clip=settings.dual_clip, epsilon_high=settings.epsilon_high, entropy_coef=settings.entropy_coef)
 
 
 def train_ppo(run: Run, tokenizer, reward_fn, curve: RewardCurve) -> TrainedPolicy:
